@@ -49,6 +49,15 @@ class QTensor:
     nbytes: int
     _mm: np.memmap = field(repr=False, compare=False)
 
+    @classmethod
+    def from_weights(cls, name: str, w: np.ndarray, qtype: str) -> "QTensor":
+        """An in-memory tensor from float weights (n_expert, n_out, n_in) or (n_out, n_in): tests, benches."""
+        from .quant import quantize
+        w = np.asarray(w, np.float32)
+        raw = quantize(w, qtype).reshape(-1)
+        ne = tuple(reversed(w.shape))
+        return cls(name, qtypes.QTYPES[qtype].id, ne, 0, raw.size, raw)
+
     @property
     def qtype_name(self) -> str:
         return qtypes.name_of(self.type_id)
@@ -194,6 +203,12 @@ class Model:
                 raise ModelFileError(f"{path}: truncated: tensor {t.name} ends at byte "
                                      f"{t.data_offset + expect}, file has {self.file_size}")
             self.tensors[t.name] = QTensor(t.name, tid, ne, t.data_offset, expect, mm)
+        ordered = sorted(self.tensors.values(), key=lambda t: t.offset)
+        for a, b in zip(ordered, ordered[1:]):
+            if a.offset + a.nbytes > b.offset:
+                raise TensorSizeMismatch(
+                    f"tensor {a.name}: {a.qtype_name}{list(a.ne)} needs {a.nbytes} bytes but only "
+                    f"{b.offset - a.offset} lie before the next tensor {b.name}")
         arch_name = self.metadata.get("general.architecture")
         if arch_name not in ARCHS:
             raise UnknownArchitecture(str(arch_name), list(ARCHS))

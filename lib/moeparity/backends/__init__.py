@@ -1,0 +1,20 @@
+"""Backends: one file each. `get(name)` builds one; every dispatch comes from qtypes.py."""
+from __future__ import annotations
+
+from ..errors import BadArgument
+
+
+def get(name: str):
+    if name == "cpu":
+        from .cpu import CpuBackend
+        return CpuBackend()
+    if name == "oracle":
+        from .oracle import OracleBackend
+        return OracleBackend()
+    if name in ("cuda", "device"):
+        from .cuda import device_backend
+        return device_backend()
+    if name == "emulated-cuda":
+        from .emulated import EmulatedCudaBackend
+        return EmulatedCudaBackend()
+    raise BadArgument(f"unknown backend {name!r}; backends: cpu, oracle, cuda, emulated-cuda")

@@ -1,0 +1,230 @@
+"""numba kernels for the CPU backend: fused dequantise-dot, never materialising a weight matrix.
+
+One block decoder per qtype row (layouts as in quant/dequant.py, itself checked bit-for-bit
+against gguf-py) and one driver that runs every selected (expert, token) pair: each weight block
+is decoded once into a small float32 buffer and dotted with every token routed to that expert.
+Accumulation is float32, block-wise like ggml (per-block partial sum, then added to the row sum).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..qtypes import QTYPES
+
+F32 = np.float32
+T_F32, T_F16, T_BF16 = QTYPES["F32"].id, QTYPES["F16"].id, QTYPES["BF16"].id
+T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0 = (QTYPES[n].id for n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"))
+T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K = (QTYPES[n].id for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"))
+T_IQ4_NL, T_IQ4_XS, T_MXFP4 = QTYPES["IQ4_NL"].id, QTYPES["IQ4_XS"].id, QTYPES["MXFP4"].id
+CHUNK = 256             # weights decoded per step; only a row's tail chunk may be shorter
+
+KV_IQ4 = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+BYTES32 = np.zeros(64, np.int64)        # bytes per 32-block by qtype id, for the 32-block rows
+for _n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4"):
+    BYTES32[QTYPES[_n].id] = QTYPES[_n].nbytes
+KV_MX = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
+
+
+def chunk_of(qt) -> tuple[int, int]:
+    """(elements, bytes) the driver decodes at a time: 256 weights (8 small blocks, or one super-block)."""
+    return CHUNK, CHUNK // qt.block * qt.nbytes
+
+
+@njit(inline="always", cache=True)
+def _u16(r, o):
+    return np.uint32(r[o]) | (np.uint32(r[o + 1]) << np.uint32(8))
+
+
+@njit(inline="always", cache=True)
+def _f32bits(u):
+    return np.uint32(u).view(np.float32)
+
+
+@njit(inline="always", cache=True)
+def h2f(h):
+    s = (h & np.uint32(0x8000)) << np.uint32(16)
+    e = (h >> np.uint32(10)) & np.uint32(0x1F)
+    m = h & np.uint32(0x3FF)
+    if e == 0:
+        v = np.float32(m) * np.float32(5.9604644775390625e-08)
+        return -v if s else v
+    if e == 31:
+        return _f32bits(s | np.uint32(0x7F800000) | (m << np.uint32(13)))
+    return _f32bits(s | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13)))
+
+
+@njit(inline="always", cache=True)
+def _scale_min_k4(r, o, j):
+    if j < 4:
+        return np.float32(np.int32(r[o + j]) & 63), np.float32(np.int32(r[o + j + 4]) & 63)
+    sc = (np.int32(r[o + j + 4]) & 0x0F) | ((np.int32(r[o + j - 4]) >> 6) << 4)
+    mn = (np.int32(r[o + j + 4]) >> 4) | ((np.int32(r[o + j]) >> 6) << 4)
+    return np.float32(sc), np.float32(mn)
+
+
+@njit(inline="always", cache=True)
+def _decode32(qid, r, o, buf, p):
+    """One 32-weight block of a legacy / IQ4_NL / MXFP4 row at byte o into buf[p:p+32]."""
+    if qid == T_Q8_0:
+        d = h2f(_u16(r, o))
+        for j in range(32):
+            buf[p + j] = np.float32(np.int8(r[o + 2 + j])) * d
+    elif qid == T_Q4_0:
+        d = h2f(_u16(r, o))
+        for j in range(16):
+            q = np.int32(r[o + 2 + j])
+            buf[p + j] = d * np.float32((q & 15) - 8)
+            buf[p + j + 16] = d * np.float32((q >> 4) - 8)
+    elif qid == T_Q4_1:
+        d, m = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
+        for j in range(16):
+            q = np.int32(r[o + 4 + j])
+            buf[p + j] = d * np.float32(q & 15) + m
+            buf[p + j + 16] = d * np.float32(q >> 4) + m
+    elif qid == T_Q5_0:
+        d = h2f(_u16(r, o))
+        qh = np.int64(_u16(r, o + 2) | (_u16(r, o + 4) << np.uint32(16)))
+        for j in range(16):
+            q = np.int32(r[o + 6 + j])
+            buf[p + j] = d * np.float32(((q & 15) | (((qh >> j) & 1) << 4)) - 16)
+            buf[p + j + 16] = d * np.float32(((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16)
+    elif qid == T_Q5_1:
+        d, m = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
+        qh = np.int64(_u16(r, o + 4) | (_u16(r, o + 6) << np.uint32(16)))
+        for j in range(16):
+            q = np.int32(r[o + 8 + j])
+            buf[p + j] = d * np.float32((q & 15) | (((qh >> j) & 1) << 4)) + m
+            buf[p + j + 16] = d * np.float32((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m
+    elif qid == T_IQ4_NL:
+        d = h2f(_u16(r, o))
+        for j in range(16):
+            q = np.int32(r[o + 2 + j])
+            buf[p + j] = d * KV_IQ4[q & 15]
+            buf[p + j + 16] = d * KV_IQ4[q >> 4]
+    elif qid == T_MXFP4:
+        e8 = np.uint32(r[o])
+        d = _f32bits(np.uint32(0x00200000) << e8) if e8 < 2 else _f32bits((e8 - np.uint32(1)) << np.uint32(23))
+        for j in range(16):
+            q = np.int32(r[o + 1 + j])
+            buf[p + j] = d * KV_MX[q & 15]
+            buf[p + j + 16] = d * KV_MX[q >> 4]
+
+
+@njit(inline="always", cache=True)
+def decode(qid, r, o, buf, n):
+    """Decode the chunk of n weights (n = 256 except a row's tail) starting at byte o of row r."""
+    if qid == T_Q4_K or qid == T_Q5_K:
+        d, dmin = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
+        for c in range(4):
+            sc0, mn0 = _scale_min_k4(r, o + 4, 2 * c)
+            sc1, mn1 = _scale_min_k4(r, o + 4, 2 * c + 1)
+            d0, m0, d1, m1 = d * sc0, dmin * mn0, d * sc1, dmin * mn1
+            if qid == T_Q4_K:
+                for l in range(32):
+                    q = np.int32(r[o + 16 + c * 32 + l])
+                    buf[c * 64 + l] = d0 * np.float32(q & 15) - m0
+                    buf[c * 64 + 32 + l] = d1 * np.float32(q >> 4) - m1
+            else:
+                for l in range(32):
+                    q = np.int32(r[o + 48 + c * 32 + l])
+                    h = np.int32(r[o + 16 + l])
+                    buf[c * 64 + l] = d0 * np.float32((q & 15) | (((h >> (2 * c)) & 1) << 4)) - m0
+                    buf[c * 64 + 32 + l] = d1 * np.float32((q >> 4) | (((h >> (2 * c + 1)) & 1) << 4)) - m1
+    elif qid == T_Q6_K:
+        d = h2f(_u16(r, o + 208))
+        for h in range(2):
+            for k in range(4):
+                lo_off = o + h * 64 + (k % 2) * 32
+                lo_sh = 4 * (k // 2)
+                for half in range(2):
+                    dl = d * np.float32(np.int8(r[o + 192 + h * 8 + k * 2 + half]))
+                    for l in range(half * 16, half * 16 + 16):
+                        q = ((np.int32(r[lo_off + l]) >> lo_sh) & 15) | \
+                            (((np.int32(r[o + 128 + h * 32 + l]) >> (2 * k)) & 3) << 4)
+                        buf[h * 128 + k * 32 + l] = dl * np.float32(q - 32)
+    elif qid == T_Q2_K:
+        d, dmin = h2f(_u16(r, o + 80)), h2f(_u16(r, o + 82))
+        for h in range(2):
+            for j in range(4):
+                for half in range(2):
+                    sc = np.int32(r[o + h * 8 + j * 2 + half])
+                    dl, ml = d * np.float32(sc & 15), dmin * np.float32(sc >> 4)
+                    for l in range(half * 16, half * 16 + 16):
+                        q = (np.int32(r[o + 16 + h * 32 + l]) >> (2 * j)) & 3
+                        buf[h * 128 + j * 32 + l] = dl * np.float32(q) - ml
+    elif qid == T_Q3_K:
+        d = h2f(_u16(r, o + 108))
+        for h in range(2):
+            for j in range(4):
+                for half in range(2):
+                    k = h * 8 + j * 2 + half
+                    lo = (np.int32(r[o + 96 + (k % 8)]) >> (4 * (k // 8))) & 15
+                    hi = (np.int32(r[o + 104 + (k % 4)]) >> (2 * (k // 4))) & 3
+                    dl = d * np.float32((lo | (hi << 4)) - 32)
+                    for l in range(half * 16, half * 16 + 16):
+                        q = ((np.int32(r[o + 32 + h * 32 + l]) >> (2 * j)) & 3) - \
+                            ((((np.int32(r[o + l]) >> (4 * h + j)) & 1) ^ 1) << 2)
+                        buf[h * 128 + j * 32 + l] = dl * np.float32(q)
+    elif qid == T_IQ4_XS:
+        d = h2f(_u16(r, o))
+        sh = np.int32(_u16(r, o + 2))
+        for ib in range(8):
+            ls = ((np.int32(r[o + 4 + ib // 2]) >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)
+            dl = d * np.float32(ls - 32)
+            for j in range(16):
+                q = np.int32(r[o + 8 + ib * 16 + j])
+                buf[ib * 32 + j] = dl * KV_IQ4[q & 15]
+                buf[ib * 32 + j + 16] = dl * KV_IQ4[q >> 4]
+    elif qid == T_F32:
+        for i in range(n):
+            p = o + 4 * i
+            buf[i] = _f32bits(np.uint32(r[p]) | (np.uint32(r[p + 1]) << np.uint32(8))
+                              | (np.uint32(r[p + 2]) << np.uint32(16)) | (np.uint32(r[p + 3]) << np.uint32(24)))
+    elif qid == T_F16:
+        for i in range(n):
+            buf[i] = h2f(_u16(r, o + 2 * i))
+    elif qid == T_BF16:
+        for i in range(n):
+            buf[i] = _f32bits(_u16(r, o + 2 * i) << np.uint32(16))
+    else:                                   # 32-weight blocks: n // 32 of them
+        nbytes = BYTES32[qid]
+        for b in range(n // 32):
+            _decode32(qid, r, o + b * nbytes, buf, b * 32)
+
+
+ROWS_PER_JOB = 16
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def moe_matvec(W, qid, chunk, chunk_bytes, n_in, gexp, gstart, mx, mo, X, out):
+    """out[mo[m]] = W[gexp[g]] · X[mx[m]] for members m of group g (one group per distinct expert).
+
+    W (E, R, row_bytes) uint8, X (*, n_in) float32, out (*, R) float32.
+    """
+    G = gexp.shape[0]
+    R = W.shape[1]
+    nrc = (R + ROWS_PER_JOB - 1) // ROWS_PER_JOB
+    nch = (n_in + chunk - 1) // chunk
+    for job in prange(G * nrc):
+        g = job // nrc
+        r0 = (job % nrc) * ROWS_PER_JOB
+        r1 = min(R, r0 + ROWS_PER_JOB)
+        m0, m1 = gstart[g], gstart[g + 1]
+        buf = np.empty(256, np.float32)
+        acc = np.empty(m1 - m0, np.float32)
+        for r in range(r0, r1):
+            row = W[gexp[g], r]
+            acc[:] = 0.0
+            for c in range(nch):
+                n = min(chunk, n_in - c * chunk)
+                decode(qid, row, c * chunk_bytes, buf, n)
+                off = c * chunk
+                for m in range(m0, m1):
+                    xr = X[mx[m]]
+                    s = np.float32(0.0)
+                    for i in range(n):
+                        s += buf[i] * xr[off + i]
+                    acc[m - m0] += s
+            for m in range(m0, m1):
+                out[mo[m], r] = acc[m - m0]
