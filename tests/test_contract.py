@@ -12,7 +12,9 @@ from moeparity.errors import UnsupportedQType
 from moeparity.gguf_model import QTensor
 from moeparity.qtypes import QTYPES
 
-BACKENDS = ["cpu"]
+from moeparity.backends.cuda import cuda_available  # noqa: E402
+
+BACKENDS = ["cpu", "emulated-cuda"] + (["cuda"] if cuda_available() else [])
 # (n_out, n_in) per role; the *_odd shapes have rows that are not multiples of 256
 ROLES = {"router": (16, 512), "gate": (48, 512), "up": (48, 512), "down": (512, 256),
          "gate_odd": (40, 96), "down_odd": (96, 160)}
@@ -39,6 +41,7 @@ def test_within_float32_bound_of_oracle(backend, qtype, role, ntok, rng):
     ids = rng.integers(0, n_exp, size=(ntok, 2))
     be = backends.get(backend)
     y = be.moe_matvec(T, ids, x)
+    assert y.dtype == np.float32
     yo, mag = backends.get("oracle").moe_matvec(T, ids, x, magnitude=True)
     assert y.shape == (ntok, 2, n_out) and np.isfinite(y).all()
     bound = n_in * U * mag + 1e-30

@@ -1,0 +1,127 @@
+"""CUDA backend on CuPy: kernels/*.cu compiled with NVRTC, dispatch from qtypes.py like the CPU's.
+
+Per-layer streaming: only the byte ranges of the experts a call needs are uploaded (from the
+mmap'd file), into a cache that holds the current layer and the one being prefetched; a model
+larger than GPU memory works. Out-of-memory becomes DeviceOutOfMemory naming the tensor and bytes.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from ..errors import DeviceOutOfMemory, NoDevice
+from ..qtypes import QTYPES, Dispatch
+from . import gpu_layout as L
+from .base import Backend, check_shapes
+
+KERNEL_DIR = os.path.join(os.path.dirname(__file__), "kernels")
+NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")     # no FMA contraction: emulated.py reproduces every sum
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+
+def cuda_available() -> bool:
+    try:
+        import cupy as cp
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:                               # no cupy, no driver, no device: all mean "no GPU"
+        return False
+
+
+def device_backend():
+    """The real GPU if there is one, else the emulated device — labelled so everywhere."""
+    if cuda_available():
+        return CudaBackend()
+    from .emulated import EmulatedCudaBackend
+    return EmulatedCudaBackend()
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    act_modes = ("f32", "q8_1")
+
+    def __init__(self, device: int = 0):
+        try:
+            import cupy as cp
+            cp.cuda.Device(device).use()
+            props = cp.cuda.runtime.getDeviceProperties(device)
+        except Exception as e:
+            raise NoDevice(f"no usable CUDA device ({type(e).__name__}: {e})") from None
+        self.cp = cp
+        self.label = f"cuda ({props['name'].decode() if isinstance(props['name'], bytes) else props['name']})"
+        src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
+        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",))
+        self.dispatch = Dispatch(self.name, {q: q for q in QTYPES})
+        self._cache: dict = {}
+        self._layer = None
+        self.uploaded_bytes = 0
+
+    # ------------------------------------------------------------------ streaming
+    def _weights(self, tensor, experts: np.ndarray):
+        """Device copy of the given experts of `tensor` (n_sel, n_out, row_bytes) as uint8."""
+        key = (tensor.name, tensor.offset, tuple(int(e) for e in experts))
+        if key in self._cache:
+            return self._cache[key]
+        m = _LAYER_RE.match(tensor.name)
+        layer = int(m.group(1)) if m else None
+        if layer is not None and layer != self._layer:      # keep the current layer only
+            self._cache = {k: v for k, v in self._cache.items() if _LAYER_RE.match(k[0]) is None}
+            self._layer = layer
+        nbytes = len(experts) * tensor.expert_bytes
+        try:
+            dev = self.cp.empty((len(experts), tensor.n_out, tensor.row_bytes), self.cp.uint8)
+            for j, e in enumerate(experts):
+                dev[j].set(np.ascontiguousarray(tensor.expert(int(e))))
+        except self.cp.cuda.memory.OutOfMemoryError:
+            free, total = self.cp.cuda.runtime.memGetInfo()
+            raise DeviceOutOfMemory(
+                f"GPU out of memory uploading {tensor.name} (layer {layer}): {nbytes} bytes asked, "
+                f"{free} of {total} free") from None
+        self.uploaded_bytes += nbytes
+        self._cache[key] = dev
+        return dev
+
+    def _fn(self, kind: str, qt):
+        return self.module.get_function(f"{kind}_{qt.name}")
+
+    def _launch_common(self, tensor, ids, x, act):
+        self.check_act(act)
+        qt = QTYPES[self.dispatch(tensor.type_id, tensor.name)]
+        L.check_n_in(tensor, act)
+        ids, xb = check_shapes(tensor, ids, x)
+        T, k = ids.shape
+        shared = np.asarray(x).ndim == 2
+        X = np.asarray(x if shared else xb.reshape(T * k, -1), np.float32)
+        experts, start, mx, mo = L.layout(ids, shared)
+        W = self._weights(tensor, experts)
+        Xq, S, mode = L.activations(X, qt, act)
+        cp = self.cp
+        args = dict(W=W, gexp=cp.arange(len(experts), dtype=cp.int32), gstart=cp.asarray(start),
+                    mx=cp.asarray(mx), mo=cp.asarray(mo), X=cp.asarray(Xq), S=cp.asarray(S), mode=mode,
+                    G=len(experts), T=T, k=k, qt=qt)
+        return args
+
+    def moe_matvec(self, tensor, ids, x, act="f32"):
+        a = self._launch_common(tensor, ids, x, act)
+        cp, R = self.cp, tensor.n_out
+        out = cp.empty((a["T"] * a["k"], R), cp.float32)
+        grid = ((R + L.WARPS - 1) // L.WARPS, a["G"])
+        self._fn("moe_matvec", a["qt"])(grid, (L.WARPS * 32,), (
+            a["W"], np.int64(tensor.expert_bytes), np.int32(R), np.int32(tensor.row_bytes), np.int32(tensor.n_in),
+            a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], out, np.int32(a["mode"])))
+        return cp.asnumpy(out).reshape(a["T"], a["k"], R)
+
+    def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):
+        """Fused gate+up+act for the selected experts: one read of x, returns (gate, up, act)."""
+        a = self._launch_common(gate, ids, x, act)
+        Wu = self._weights(up, np.unique(ids))
+        cp, R = self.cp, gate.n_out
+        g, u, y = (cp.empty((a["T"] * a["k"], R), cp.float32) for _ in range(3))
+        grid = ((R + L.WARPS - 1) // L.WARPS, a["G"])
+        self._fn("moe_gate_up", a["qt"])(grid, (L.WARPS * 32,), (
+            a["W"], Wu, np.int64(gate.expert_bytes), np.int32(R), np.int32(gate.row_bytes), np.int32(gate.n_in),
+            a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], g, u, y, np.int32(a["mode"]),
+            np.int32(L.ACT_ID[kind]), np.float32(hp.swiglu_alpha), np.float32(hp.swiglu_limit)))
+        shape = (a["T"], a["k"], R)
+        return tuple(cp.asnumpy(v).reshape(shape) for v in (g, u, y))

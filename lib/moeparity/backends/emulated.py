@@ -1,0 +1,105 @@
+"""emulated-cuda: the CUDA kernels' algorithm on the CPU, for machines without a GPU.
+
+Same weights (the kernels' decode8 computes exactly quant/dequant.py's float32 values: no FMA,
+same operation order), same per-lane partial sums (lane L owns the 8-weight groups G ≡ L mod 32,
+each group a sequential 8-term sum, added in order), same q8_1 min terms, same xor-butterfly
+reduction, same activation-mode inputs (gpu_layout.py). Every output is labelled emulated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..qtypes import QTYPES, Dispatch
+from ..quant import dequant as dq
+from . import gpu_layout as L
+from .base import Backend, check_shapes
+
+F32 = np.float32
+
+
+def _split(blocks: np.ndarray, name: str):
+    """Min formats in q8_1 mode: (a·q per weight, min term per 32 weights) as the kernel splits them."""
+    nb = blocks.shape[0]
+    if name in ("Q4_1", "Q5_1"):
+        d, mn = dq._f16(blocks[:, 0:2]), dq._f16(blocks[:, 2:4])
+        if name == "Q4_1":
+            q = dq._nibbles(blocks[:, 4:20])
+        else:
+            q = dq._nibbles(blocks[:, 8:24]) | dq._fifth_bits(blocks[:, 4:8])
+        return d * q.astype(F32), -mn
+    d, dmin = dq._f16(blocks[:, 0:2]), dq._f16(blocks[:, 2:4])
+    sc, mn = dq.kquant_scale_min(blocks[:, 4:16])
+    if name == "Q4_K":
+        q = dq._q4_k_q(blocks[:, 16:144])
+    else:
+        high = np.stack([(blocks[:, 16:48] >> j) & 1 for j in range(8)], axis=1)
+        q = dq._q4_k_q(blocks[:, 48:176]) | (high << 4)
+    a = (d * sc.astype(F32))[:, :, None] * q.astype(F32)
+    return a.reshape(nb, 256), dmin * mn.astype(F32)
+
+
+def kernel_dot(Wrows: np.ndarray, X: np.ndarray, mins: np.ndarray | None = None,
+               S: np.ndarray | None = None) -> np.ndarray:
+    """The kernel's reduction of one row per pair: Wrows (P, n), X (P, n) → (P,) float32."""
+    P, n = Wrows.shape
+    prod = (Wrows * X).reshape(P, n // L.GROUP, L.GROUP)
+    s = prod[:, :, 0].copy()
+    for j in range(1, L.GROUP):
+        s = s + prod[:, :, j]
+    if mins is not None:                                    # once per 32 weights: group index % 4 == 0
+        s[:, ::4] = s[:, ::4] - (mins * S).astype(F32)
+    ng = s.shape[1]
+    pad = (-ng) % L.LANES
+    if pad:
+        s = np.concatenate([s, np.zeros((P, pad), F32)], axis=1)
+    s = s.reshape(P, -1, L.LANES)
+    acc = np.zeros((P, L.LANES), F32)
+    for r in range(s.shape[1]):
+        acc = acc + s[:, r]
+    lanes = np.arange(L.LANES)
+    for off in (16, 8, 4, 2, 1):
+        acc = acc + acc[:, lanes ^ off]
+    return acc[:, 0]
+
+
+class EmulatedCudaBackend(Backend):
+    name = "emulated-cuda"
+    label = "emulated-cuda (no GPU: CUDA kernel algorithm on the CPU)"
+    act_modes = ("f32", "q8_1")
+
+    def __init__(self):
+        self.dispatch = Dispatch(self.name, {q: q for q in QTYPES})
+
+    def _rows(self, tensor, qt, e, split):
+        raw = np.asarray(tensor.expert(int(e)))
+        blocks = raw.reshape(-1, qt.nbytes)
+        if split:
+            a, m = _split(blocks, qt.name)
+            return a.reshape(tensor.n_out, tensor.n_in), m.reshape(tensor.n_out, -1)
+        return dq.dequantize_blocks(blocks, qt).reshape(tensor.n_out, tensor.n_in), None
+
+    def moe_matvec(self, tensor, ids, x, act="f32"):
+        self.check_act(act)
+        qt = QTYPES[self.dispatch(tensor.type_id, tensor.name)]
+        L.check_n_in(tensor, act)
+        ids, xb = check_shapes(tensor, ids, x)
+        T, k = ids.shape
+        X = np.ascontiguousarray(xb.reshape(T * k, -1), F32)
+        Xq, S, mode = L.activations(X, qt, act)
+        split = mode == 1 and qt.name in L.MIN_FORMATS
+        out = np.empty((T * k, tensor.n_out), F32)
+        flat = ids.reshape(-1)
+        for e in np.unique(flat):
+            W, M = self._rows(tensor, qt, e, split)
+            for p in np.nonzero(flat == e)[0]:
+                xs = np.broadcast_to(Xq[p], W.shape)
+                if split:
+                    out[p] = kernel_dot(W, xs, M, np.broadcast_to(S[p], M.shape))
+                else:
+                    out[p] = kernel_dot(W, xs)
+        return out.reshape(T, k, tensor.n_out)
+
+    def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):
+        g = self.moe_matvec(gate, ids, x, act)
+        u = self.moe_matvec(up, ids, x, act)
+        return g, u, L.act_np(kind, g, u, hp.swiglu_alpha, hp.swiglu_limit).astype(F32)

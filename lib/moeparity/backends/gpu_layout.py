@@ -1,0 +1,54 @@
+"""What the CUDA kernels and their CPU emulation share: the work layout, the constants of the
+kernel's reduction order, activation-mode inputs, and the activation functions."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BadArgument
+from ..quant.actquant import q8_1_cuda
+from .cpu import group_pairs
+
+WARPS, CHUNK, MAXT, LANES, GROUP = 4, 1024, 8, 32, 8      # must match kernels/moe_matvec.cu
+ACT_ID = {"silu": 0, "gelu_tanh": 1, "swiglu_oai": 2}
+MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # min term from the q8_1 block sum
+
+
+def check_n_in(tensor, act: str):
+    if tensor.n_in % GROUP:
+        raise BadArgument(f"{tensor.name}: rows of {tensor.n_in} weights; the CUDA kernels need a multiple of 8")
+    if act == "q8_1" and tensor.qtype.family != "float" and tensor.n_in % 32:
+        raise BadArgument(f"{tensor.name}: q8_1 activations need rows that are a multiple of 32")
+
+
+def layout(ids: np.ndarray, shared: bool):
+    """Groups of (token, slot) pairs per distinct expert → (experts, start, x-row, out-row) int32."""
+    T, k = ids.shape
+    experts, start, order = group_pairs(ids)
+    mx = order // k if shared else order
+    return experts, start.astype(np.int32), mx.astype(np.int32), order.astype(np.int32)
+
+
+def activations(X: np.ndarray, qt, act: str):
+    """(X', S): the activations the kernel reads and the q8_1 block sums (zeros in f32 mode).
+
+    q8_1 applies to quantized weights only: like llama.cpp, float-typed weights keep f32 activations.
+    """
+    if act == "q8_1" and qt.family != "float":
+        xq, s = q8_1_cuda(X)
+        return np.ascontiguousarray(xq, np.float32), np.ascontiguousarray(s.reshape(X.shape[0], -1), np.float32), 1
+    return np.ascontiguousarray(X, np.float32), np.zeros((X.shape[0], 1), np.float32), 0
+
+
+def act_np(kind: str, g: np.ndarray, u: np.ndarray, alpha: float, limit: float) -> np.ndarray:
+    """The kernel's act_fn, in the same float32 operation order."""
+    f = np.float32
+    with np.errstate(over="ignore"):
+        if kind == "silu":
+            return g * (f(1) / (f(1) + np.exp(-g))) * u
+        if kind == "gelu_tanh":
+            c = f(0.7978845608028654)
+            return f(0.5) * g * (f(1) + np.tanh(c * (g + f(0.044715) * (g * g * g)))) * u
+        gc = np.minimum(g, f(limit))
+        uc = np.minimum(np.maximum(u, f(-limit)), f(limit))
+        s = f(1) / (f(1) + np.exp(-(f(alpha) * gc)))
+        return gc * s * (uc + f(1))

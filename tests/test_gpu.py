@@ -1,0 +1,76 @@
+"""CUDA backend against the oracle, the CPU and its emulation. Marked `gpu`: skipped with a reason
+when no CUDA device is present (CI); run on the device machine (benchmarks/device_check.sh)."""
+import numpy as np
+import pytest
+
+from moeparity import backends, inputs
+from moeparity.backends.cuda import cuda_available
+from moeparity.gguf_model import Model, QTensor
+from moeparity.moe import ffn_forward
+from moeparity.qtypes import QTYPES
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda_available(), reason="no CUDA device (cupy or driver or GPU absent)")]
+U = 2.0 ** -24
+SHAPES = [(48, 512), (512, 256), (40, 96), (96, 2048)]
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return backends.get("cuda")
+
+
+@pytest.mark.parametrize("qtype", list(QTYPES))
+@pytest.mark.parametrize("ntok", [1, 4, 17])
+def test_gpu_vs_oracle_cpu_and_emulation(gpu, qtype, ntok, rng):
+    for n_out, n_in in SHAPES:
+        if n_in % QTYPES[qtype].block:
+            continue
+        w = (rng.standard_t(5, size=(5, n_out, n_in)) * 0.05).astype(np.float32)
+        T = QTensor.from_weights(f"blk.{ntok}.ffn_up_exps.weight", w, qtype)
+        x = rng.standard_normal((ntok, n_in)).astype(np.float32)
+        ids = rng.integers(0, 5, size=(ntok, 3))
+        y = gpu.moe_matvec(T, ids, x)
+        yo, mag = backends.get("oracle").moe_matvec(T, ids, x, magnitude=True)
+        assert (np.abs(y - yo) <= n_in * U * mag + 1e-30).all()
+        yc = backends.get("cpu").moe_matvec(T, ids, x)
+        assert np.sum((y - yc) ** 2) / np.sum(yc.astype(np.float64) ** 2) <= 1e-9
+        ye = backends.get("emulated-cuda").moe_matvec(T, ids, x)
+        assert np.array_equal(y, ye), f"emulation differs: max {np.abs(y - ye).max()}"
+        if n_in % 32 == 0:
+            yq = gpu.moe_matvec(T, ids, x, act="q8_1")
+            yqe = backends.get("emulated-cuda").moe_matvec(T, ids, x, act="q8_1")
+            assert np.array_equal(yq, yqe)
+
+
+def test_q8_1_error_is_mmvq_sized(gpu, rng):
+    w = (rng.standard_t(5, size=(1, 64, 2048)) * 0.02).astype(np.float32)
+    T = QTensor.from_weights("blk.0.ffn_gate_exps.weight", w, "Q4_K")
+    x = rng.standard_normal((1, 2048)).astype(np.float32)
+    yo = backends.get("oracle").matvec(T, x)
+    rel = {m: np.linalg.norm(gpu.matvec(T, x, act=m) - yo) / np.linalg.norm(yo) for m in ("f32", "q8_1")}
+    assert rel["f32"] < 1e-6 and 1e-4 < rel["q8_1"] < 5e-2 and rel["q8_1"] / rel["f32"] > 1e3
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-qwen2moe", "tiny-gpt-oss", "tiny-gemma3"])
+def test_layer_forward_gpu_matches_cpu(build, gpu, preset):
+    m = Model.open(build(preset))
+    for i in range(m.hparams.n_layer):
+        x = inputs.synthetic(m, i, 3)
+        a = ffn_forward(m.layer(i), x, backends.get("cpu"), capture="expert")
+        b = ffn_forward(m.layer(i), x, gpu, capture="expert")
+        assert np.array_equal(a.stages["router_topk"], b.stages["router_topk"])
+        for s in ("expert_gate", "expert_act", "expert_down", "ffn_out"):
+            nm = np.sum((a.stages[s] - b.stages[s]) ** 2) / np.sum(a.stages[s].astype(np.float64) ** 2)
+            assert nm <= 1e-9, (preset, i, s, nm)
+        e = ffn_forward(m.layer(i), x, backends.get("emulated-cuda"), capture="expert")
+        assert np.allclose(e.out, b.out, rtol=1e-5, atol=1e-6)
+
+
+def test_streaming_uploads_only_selected_experts(tiny, gpu):
+    m = Model.open(tiny)
+    before = gpu.uploaded_bytes
+    lay = m.layer(5)
+    ffn_forward(lay, inputs.synthetic(m, 5, 1), gpu, capture="layer")
+    per_expert = sum(lay[r].expert_bytes for r in ("gate_exps", "up_exps", "down_exps"))
+    assert gpu.uploaded_bytes - before <= m.hparams.n_expert_used * per_expert + lay["router"].nbytes
