@@ -59,14 +59,18 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------------ streaming
     def _weights(self, tensor, experts: np.ndarray):
-        """Device copy of the given experts of `tensor` (n_sel, n_out, row_bytes) as uint8."""
-        key = (tensor.name, tensor.offset, tuple(int(e) for e in experts))
-        if key in self._cache:
-            return self._cache[key]
+        """Device copy of the given experts of `tensor` (n_sel, n_out, row_bytes) as uint8.
+
+        Cached for the current layer only (gate/up/down of one layer share a routing), keyed by the
+        backing buffer too, so two files or in-memory tensors never alias.
+        """
         m = _LAYER_RE.match(tensor.name)
         layer = int(m.group(1)) if m else None
-        if layer is not None and layer != self._layer:      # keep the current layer only
-            self._cache = {k: v for k, v in self._cache.items() if _LAYER_RE.match(k[0]) is None}
+        key = (id(tensor._mm), tensor.offset, tensor.type_id, tuple(int(e) for e in experts))
+        if layer is not None and key in self._cache:
+            return self._cache[key][0]
+        if layer != self._layer:
+            self._cache.clear()
             self._layer = layer
         nbytes = len(experts) * tensor.expert_bytes
         try:
@@ -79,7 +83,8 @@ class CudaBackend(Backend):
                 f"GPU out of memory uploading {tensor.name} (layer {layer}): {nbytes} bytes asked, "
                 f"{free} of {total} free") from None
         self.uploaded_bytes += nbytes
-        self._cache[key] = dev
+        if layer is not None:
+            self._cache[key] = (dev, tensor._mm)       # hold the buffer so its id stays unique
         return dev
 
     def _fn(self, kind: str, qt):

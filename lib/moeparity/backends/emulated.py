@@ -1,8 +1,8 @@
 """emulated-cuda: the CUDA kernels' algorithm on the CPU, for machines without a GPU.
 
 Same weights (the kernels' decode8 computes exactly quant/dequant.py's float32 values: no FMA,
-same operation order), same per-lane partial sums (lane L owns the 8-weight groups G ≡ L mod 32,
-each group a sequential 8-term sum, added in order), same q8_1 min terms, same xor-butterfly
+same operation order), same per-lane partial sums (lane L owns the 32-weight units U ≡ L mod 32;
+each unit adds its four sequential 8-term sums in order), same q8_1 min terms, same xor-butterfly
 reduction, same activation-mode inputs (gpu_layout.py). Every output is labelled emulated.
 """
 from __future__ import annotations
@@ -48,14 +48,15 @@ def kernel_dot(Wrows: np.ndarray, X: np.ndarray, mins: np.ndarray | None = None,
         s = s + prod[:, :, j]
     if mins is not None:                                    # once per 32 weights: group index % 4 == 0
         s[:, ::4] = s[:, ::4] - (mins * S).astype(F32)
-    ng = s.shape[1]
-    pad = (-ng) % L.LANES
+    units = s.reshape(P, -1, 4)                             # 32-weight units of four 8-groups
+    pad = (-units.shape[1]) % L.LANES
     if pad:
-        s = np.concatenate([s, np.zeros((P, pad), F32)], axis=1)
-    s = s.reshape(P, -1, L.LANES)
+        units = np.concatenate([units, np.zeros((P, pad, 4), F32)], axis=1)
+    units = units.reshape(P, -1, L.LANES, 4)                # lane L owns units U ≡ L (mod 32)
     acc = np.zeros((P, L.LANES), F32)
-    for r in range(s.shape[1]):
-        acc = acc + s[:, r]
+    for r in range(units.shape[1]):
+        for q in range(4):
+            acc = acc + units[:, r, :, q]
     lanes = np.arange(L.LANES)
     for off in (16, 8, 4, 2, 1):
         acc = acc + acc[:, lanes ^ off]

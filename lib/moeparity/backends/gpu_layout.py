@@ -8,16 +8,14 @@ from ..errors import BadArgument
 from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
-WARPS, CHUNK, MAXT, LANES, GROUP = 4, 1024, 8, 32, 8      # must match kernels/moe_matvec.cu
+WARPS, MAXT, LANES, GROUP, UNIT = 4, 8, 32, 8, 32          # must match kernels/moe_matvec.cu
 ACT_ID = {"silu": 0, "gelu_tanh": 1, "swiglu_oai": 2}
 MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # min term from the q8_1 block sum
 
 
 def check_n_in(tensor, act: str):
-    if tensor.n_in % GROUP:
-        raise BadArgument(f"{tensor.name}: rows of {tensor.n_in} weights; the CUDA kernels need a multiple of 8")
-    if act == "q8_1" and tensor.qtype.family != "float" and tensor.n_in % 32:
-        raise BadArgument(f"{tensor.name}: q8_1 activations need rows that are a multiple of 32")
+    if tensor.n_in % UNIT:
+        raise BadArgument(f"{tensor.name}: rows of {tensor.n_in} weights; the CUDA kernels need a multiple of {UNIT}")
 
 
 def layout(ids: np.ndarray, shared: bool):

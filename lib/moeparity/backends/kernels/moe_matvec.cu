@@ -3,10 +3,11 @@
 // Work is given as groups: group g = one expert (local index gexp[g] into W) and the members
 // gstart[g]..gstart[g+1] routed to it; member m reads x row mx[m] and writes out row mo[m].
 // A block of WARPS warps takes WARPS consecutive rows of one group; each warp stages its row in
-// chunks of CHUNK weights into shared memory with coalesced 16-byte loads, then lane L decodes the
-// 8-weight groups L, L+32, … of each chunk and accumulates, per member, the sequential sum of its
-// 8 products; a butterfly (xor 16, 8, 4, 2, 1) reduces the 32 lane partials. Members are taken
-// MAXT at a time, so each weight chunk is read once for up to MAXT tokens.
+// chunks into shared memory with coalesced 16-byte loads. The row is cut in units of 32 weights;
+// lane L owns the units U ≡ L (mod 32), in increasing order. For each unit and member it adds,
+// in order, the four sequential 8-term sums of the unit's 8-weight groups to its partial; a
+// butterfly (xor 16, 8, 4, 2, 1) then reduces the 32 partials. Members are taken MAXT at a time,
+// so each weight chunk is read once for up to MAXT tokens. (backends/emulated.py reproduces this.)
 //
 // mode 0: f32 activations. mode 1: q8_1 (llama.cpp MMVQ numerics): X holds x' = fp16(d)·q per
 // 32-block and S the fp16-rounded block sums of the unquantised x; formats with a min use S for
@@ -17,9 +18,9 @@
 #include "decode.cuh"
 
 #define WARPS 4
-#define CHUNK 1024
 #define MAXT 8
-#define STAGE_BYTES 4096   // CHUNK weights of the widest row type (F32)
+
+template <class Q> struct Chunk { static constexpr int W = Q::BLOCK == 1 ? 1024 : 2048, BYTES = W / Q::BLOCK * Q::NBYTES; };
 
 __device__ __forceinline__ void stage(u8* dst, const u8* src, int nbytes, int lane) {
     if ((((size_t)src) & 15) == 0 && (nbytes & 15) == 0) {
@@ -48,65 +49,76 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                          const int* __restrict__ mx, const int* __restrict__ mo, const float* __restrict__ X,
                          const float* __restrict__ S, float* __restrict__ out, float* __restrict__ out2,
                          float* __restrict__ out3, int mode, int act, float alpha, float limit) {
-    __shared__ __align__(16) u8 smem[WARPS][GATE_UP ? 2 : 1][STAGE_BYTES];
+    constexpr int NW = GATE_UP ? 2 : 1;
+    __shared__ __align__(16) u8 smem[WARPS][NW][Chunk<Q>::BYTES];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = blockIdx.y;
     const int r = blockIdx.x * WARPS + warp;
     if (r >= R) return;
     const long long base = (long long)gexp[g] * expert_stride + (long long)r * row_bytes;
-    const u8* row = W + base;
-    const u8* row2 = GATE_UP ? W2 + base : nullptr;
-    const int chunk_bytes = CHUNK / Q::BLOCK * Q::NBYTES;
+    const u8* rows[2] = {W + base, GATE_UP ? W2 + base : nullptr};
     const bool split = Q::HAS_MIN && mode == 1;
     for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += MAXT) {
         const int nt = min(MAXT, gstart[g + 1] - m0);
-        float acc[MAXT], acc2[MAXT];
-        for (int t = 0; t < MAXT; t++) { acc[t] = 0.f; acc2[t] = 0.f; }
-        for (int c0 = 0; c0 < n_in; c0 += CHUNK) {
-            const int nw = min(CHUNK, n_in - c0);
-            const int nb = nw / Q::BLOCK * Q::NBYTES;
+        float acc[NW][MAXT];
+        _Pragma("unroll") for (int v = 0; v < NW; v++) for (int t = 0; t < MAXT; t++) acc[v][t] = 0.f;
+        for (int c0 = 0; c0 < n_in; c0 += Chunk<Q>::W) {
+            const int nw = min(Chunk<Q>::W, n_in - c0);
             __syncwarp();
-            stage(smem[warp][0], row + (long long)c0 / Q::BLOCK * Q::NBYTES, nb, lane);
-            if (GATE_UP) stage(smem[warp][GATE_UP ? 1 : 0], row2 + (long long)c0 / Q::BLOCK * Q::NBYTES, nb, lane);
+            _Pragma("unroll") for (int v = 0; v < NW; v++)
+                stage(smem[warp][v], rows[v] + (long long)c0 / Q::BLOCK * Q::NBYTES, nw / Q::BLOCK * Q::NBYTES, lane);
             __syncwarp();
-            for (int gi = lane; gi < nw / 8; gi += 32) {
-                const int e = gi * 8;
+            for (int e = lane * 32; e < nw; e += 32 * 32) {            // this lane's units in the chunk
                 const int boff = e / Q::BLOCK * Q::NBYTES, i = e % Q::BLOCK;
-                float w[8], w2[8], mn = 0.f, mn2 = 0.f;
-                if (split) Q::template decode8<true>(smem[warp][0] + boff, i, w, mn);
-                else Q::template decode8<false>(smem[warp][0] + boff, i, w, mn);
-                if (GATE_UP) {
-                    if (split) Q::template decode8<true>(smem[warp][GATE_UP ? 1 : 0] + boff, i, w2, mn2);
-                    else Q::template decode8<false>(smem[warp][GATE_UP ? 1 : 0] + boff, i, w2, mn2);
-                }
-                const bool min_here = split && (e % 32) == 0;
-                for (int t = 0; t < nt; t++) {
-                    const float* x = X + (long long)mx[m0 + t] * n_in + c0 + e;
-                    const float4 xa = *(const float4*)x, xb = *(const float4*)(x + 4);
-                    const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-                    float s = 0.f, s2 = 0.f;
-                    for (int j = 0; j < 8; j++) s = s + w[j] * xv[j];
-                    if (GATE_UP) for (int j = 0; j < 8; j++) s2 = s2 + w2[j] * xv[j];
-                    if (min_here) {
-                        const float sb = S[((long long)mx[m0 + t] * n_in + c0 + e) / 32];
-                        s = s - mn * sb;
-                        if (GATE_UP) s2 = s2 - mn2 * sb;
+                float w[NW][32], mn[NW];
+                _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                    const u8* b = smem[warp][v] + boff;
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        float m;
+                        const int ofs = Q::BLOCK == 1 ? 8 * q * Q::NBYTES : 0;  // float rows: b is the element
+                        if (split) Q::template decode8<true>(b + ofs, i + (Q::BLOCK == 1 ? 0 : 8 * q), w[v] + 8 * q, m);
+                        else Q::template decode8<false>(b + ofs, i + (Q::BLOCK == 1 ? 0 : 8 * q), w[v] + 8 * q, m);
+                        if (q == 0) mn[v] = m;
                     }
-                    acc[t] = acc[t] + s;
-                    if (GATE_UP) acc2[t] = acc2[t] + s2;
+                }
+#pragma unroll
+                for (int t = 0; t < MAXT; t++) {
+                    if (t >= nt) break;
+                    const long long xo = (long long)mx[m0 + t] * n_in + c0 + e;
+                    const float4* x4 = (const float4*)(X + xo);
+                    float xv[32];
+#pragma unroll
+                    for (int k = 0; k < 8; k++) {
+                        const float4 a = x4[k];
+                        xv[4*k] = a.x; xv[4*k+1] = a.y; xv[4*k+2] = a.z; xv[4*k+3] = a.w;
+                    }
+                    const float sb = split ? S[xo / 32] : 0.f;
+                    _Pragma("unroll") for (int v = 0; v < NW; v++) {
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            float s = 0.f;
+#pragma unroll
+                            for (int j = 0; j < 8; j++) s = s + w[v][8*q + j] * xv[8*q + j];
+                            if (split && q == 0) s = s - mn[v] * sb;
+                            acc[v][t] = acc[v][t] + s;
+                        }
+                    }
                 }
             }
         }
-        for (int t = 0; t < nt; t++) {
-            float v = acc[t], v2 = acc2[t];
-            for (int off = 16; off > 0; off >>= 1) {
-                v = v + __shfl_xor_sync(0xffffffff, v, off);
-                if (GATE_UP) v2 = v2 + __shfl_xor_sync(0xffffffff, v2, off);
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+            if (t >= nt) break;
+            float vv[NW];
+            _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                vv[v] = acc[v][t];
+                for (int off = 16; off > 0; off >>= 1) vv[v] = vv[v] + __shfl_xor_sync(0xffffffff, vv[v], off);
             }
             if (lane == 0) {
                 const long long o = (long long)mo[m0 + t] * R + r;
-                out[o] = v;
-                if (GATE_UP) { out2[o] = v2; out3[o] = act_fn(act, v, v2, alpha, limit); }
+                out[o] = vv[0];
+                if (GATE_UP) { out2[o] = vv[NW - 1]; out3[o] = act_fn(act, vv[0], vv[NW - 1], alpha, limit); }
             }
         }
     }
