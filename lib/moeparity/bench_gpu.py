@@ -82,6 +82,8 @@ class _Case:
         self.S = cp.zeros((X.shape[0], 1), cp.float32)
         self.out = cp.empty((ids.size, self.R), cp.float32)
         self.G = len(experts)
+        self.tcap = L.tcap_of(start)
+        self.cw = L.chunk_weights(self.qt, self.tcap)
         self.ids = ids
         self.bytes = self.G * self.R * self.row_bytes
 
@@ -89,7 +91,8 @@ class _Case:
         gexp, gstart, mx, mo = self.args
         self.f(((self.R + L.WARPS - 1) // L.WARPS, self.G), (L.WARPS * 32,),
                (self.W, np.int64(self.R * self.row_bytes), np.int32(self.R), np.int32(self.row_bytes),
-                np.int32(self.n_in), gexp, gstart, mx, mo, self.X, self.S, self.out, np.int32(0)))
+                np.int32(self.n_in), gexp, gstart, mx, mo, self.X, self.S, self.out, np.int32(0), np.int32(self.cw),
+                np.int32(self.tcap)), shared_mem=L.smem_bytes(self.qt, self.cw, self.tcap))
 
     def baseline(self):
         """Dequantise the experts used to float32, then one batched cuBLAS matmul."""

@@ -104,7 +104,7 @@ class CudaBackend(Backend):
         cp = self.cp
         args = dict(W=W, gexp=cp.arange(len(experts), dtype=cp.int32), gstart=cp.asarray(start),
                     mx=cp.asarray(mx), mo=cp.asarray(mo), X=cp.asarray(Xq), S=cp.asarray(S), mode=mode,
-                    G=len(experts), T=T, k=k, qt=qt)
+                    G=len(experts), T=T, k=k, qt=qt, tcap=L.tcap_of(start))
         return args
 
     def moe_matvec(self, tensor, ids, x, act="f32"):
@@ -112,9 +112,11 @@ class CudaBackend(Backend):
         cp, R = self.cp, tensor.n_out
         out = cp.empty((a["T"] * a["k"], R), cp.float32)
         grid = ((R + L.WARPS - 1) // L.WARPS, a["G"])
+        cw = L.chunk_weights(a["qt"], a["tcap"])
         self._fn("moe_matvec", a["qt"])(grid, (L.WARPS * 32,), (
             a["W"], np.int64(tensor.expert_bytes), np.int32(R), np.int32(tensor.row_bytes), np.int32(tensor.n_in),
-            a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], out, np.int32(a["mode"])))
+            a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], out, np.int32(a["mode"]), np.int32(cw),
+            np.int32(a["tcap"])), shared_mem=L.smem_bytes(a["qt"], cw, a["tcap"]))
         return cp.asnumpy(out).reshape(a["T"], a["k"], R)
 
     def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):
@@ -124,9 +126,11 @@ class CudaBackend(Backend):
         cp, R = self.cp, gate.n_out
         g, u, y = (cp.empty((a["T"] * a["k"], R), cp.float32) for _ in range(3))
         grid = ((R + L.WARPS - 1) // L.WARPS, a["G"])
+        cw = L.chunk_weights(a["qt"], a["tcap"], nw=2)
         self._fn("moe_gate_up", a["qt"])(grid, (L.WARPS * 32,), (
             a["W"], Wu, np.int64(gate.expert_bytes), np.int32(R), np.int32(gate.row_bytes), np.int32(gate.n_in),
             a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], g, u, y, np.int32(a["mode"]),
-            np.int32(L.ACT_ID[kind]), np.float32(hp.swiglu_alpha), np.float32(hp.swiglu_limit)))
+            np.int32(L.ACT_ID[kind]), np.float32(hp.swiglu_alpha), np.float32(hp.swiglu_limit), np.int32(cw),
+            np.int32(a["tcap"])), shared_mem=L.smem_bytes(a["qt"], cw, a["tcap"], nw=2))
         shape = (a["T"], a["k"], R)
         return tuple(cp.asnumpy(v).reshape(shape) for v in (g, u, y))

@@ -38,25 +38,32 @@ def _split(blocks: np.ndarray, name: str):
     return a.reshape(nb, 256), dmin * mn.astype(F32)
 
 
-def kernel_dot(Wrows: np.ndarray, X: np.ndarray, mins: np.ndarray | None = None,
+def kernel_dot(Wrows: np.ndarray, X: np.ndarray, cw: int, mins: np.ndarray | None = None,
                S: np.ndarray | None = None) -> np.ndarray:
-    """The kernel's reduction of one row per pair: Wrows (P, n), X (P, n) → (P,) float32."""
+    """The kernel's reduction of one row per pair: Wrows (P, n), X (P, n) → (P,) float32.
+
+    Chunks of cw weights; in a chunk lane L takes units (32 weights) L, L+32, …; per unit it adds
+    the unit's four sequential 8-term sums in order; then the xor butterfly.
+    """
     P, n = Wrows.shape
     prod = (Wrows * X).reshape(P, n // L.GROUP, L.GROUP)
     s = prod[:, :, 0].copy()
     for j in range(1, L.GROUP):
         s = s + prod[:, :, j]
-    if mins is not None:                                    # once per 32 weights: group index % 4 == 0
+    if mins is not None:                                    # once per 32 weights: first group of a unit
         s[:, ::4] = s[:, ::4] - (mins * S).astype(F32)
-    units = s.reshape(P, -1, 4)                             # 32-weight units of four 8-groups
-    pad = (-units.shape[1]) % L.LANES
-    if pad:
-        units = np.concatenate([units, np.zeros((P, pad, 4), F32)], axis=1)
-    units = units.reshape(P, -1, L.LANES, 4)                # lane L owns units U ≡ L (mod 32)
+    units = s.reshape(P, -1, 4)
+    per_chunk = cw // L.UNIT
     acc = np.zeros((P, L.LANES), F32)
-    for r in range(units.shape[1]):
-        for q in range(4):
-            acc = acc + units[:, r, :, q]
+    for c0 in range(0, units.shape[1], per_chunk):
+        chunk = units[:, c0:c0 + per_chunk]
+        pad = (-chunk.shape[1]) % L.LANES
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((P, pad, 4), F32)], axis=1)
+        chunk = chunk.reshape(P, -1, L.LANES, 4)
+        for k in range(chunk.shape[1]):
+            for q in range(4):
+                acc = acc + chunk[:, k, :, q]
     lanes = np.arange(L.LANES)
     for off in (16, 8, 4, 2, 1):
         acc = acc + acc[:, lanes ^ off]
@@ -79,7 +86,7 @@ class EmulatedCudaBackend(Backend):
             return a.reshape(tensor.n_out, tensor.n_in), m.reshape(tensor.n_out, -1)
         return dq.dequantize_blocks(blocks, qt).reshape(tensor.n_out, tensor.n_in), None
 
-    def moe_matvec(self, tensor, ids, x, act="f32"):
+    def moe_matvec(self, tensor, ids, x, act="f32", nw: int = 1):
         self.check_act(act)
         qt = QTYPES[self.dispatch(tensor.type_id, tensor.name)]
         L.check_n_in(tensor, act)
@@ -88,6 +95,7 @@ class EmulatedCudaBackend(Backend):
         X = np.ascontiguousarray(xb.reshape(T * k, -1), F32)
         Xq, S, mode = L.activations(X, qt, act)
         split = mode == 1 and qt.name in L.MIN_FORMATS
+        cw = L.chunk_weights(qt, L.tcap_of(L.layout(ids, True)[1]), nw)
         out = np.empty((T * k, tensor.n_out), F32)
         flat = ids.reshape(-1)
         for e in np.unique(flat):
@@ -95,12 +103,12 @@ class EmulatedCudaBackend(Backend):
             for p in np.nonzero(flat == e)[0]:
                 xs = np.broadcast_to(Xq[p], W.shape)
                 if split:
-                    out[p] = kernel_dot(W, xs, M, np.broadcast_to(S[p], M.shape))
+                    out[p] = kernel_dot(W, xs, cw, M, np.broadcast_to(S[p], M.shape))
                 else:
-                    out[p] = kernel_dot(W, xs)
+                    out[p] = kernel_dot(W, xs, cw)
         return out.reshape(T, k, tensor.n_out)
 
     def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):
-        g = self.moe_matvec(gate, ids, x, act)
-        u = self.moe_matvec(up, ids, x, act)
+        g = self.moe_matvec(gate, ids, x, act, nw=2)
+        u = self.moe_matvec(up, ids, x, act, nw=2)
         return g, u, L.act_np(kind, g, u, hp.swiglu_alpha, hp.swiglu_limit).astype(F32)

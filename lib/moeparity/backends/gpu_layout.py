@@ -8,7 +8,8 @@ from ..errors import BadArgument
 from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
-WARPS, MAXT, LANES, GROUP, UNIT = 4, 8, 32, 8, 32          # must match kernels/moe_matvec.cu
+WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 4, 8, 32, 8, 32, 36   # must match kernels/moe_matvec.cu
+SMEM_LIMIT = 48 * 1024                                         # default dynamic shared memory per block
 ACT_ID = {"silu": 0, "gelu_tanh": 1, "swiglu_oai": 2}
 MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # min term from the q8_1 block sum
 
@@ -16,6 +17,26 @@ MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # min term from the q
 def check_n_in(tensor, act: str):
     if tensor.n_in % UNIT:
         raise BadArgument(f"{tensor.name}: rows of {tensor.n_in} weights; the CUDA kernels need a multiple of {UNIT}")
+
+
+def tcap_of(start: np.ndarray) -> int:
+    """Members a block handles at once: the largest group, at most MAXT."""
+    return int(min(MAXT, max(1, np.diff(start).max(initial=1))))
+
+
+def smem_bytes(qt, cw: int, tcap: int, nw: int = 1) -> int:
+    return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * nw * (cw // qt.block * qt.nbytes)
+
+
+def chunk_weights(qt, tcap: int, nw: int = 1) -> int:
+    """Weights per chunk (CW): the largest of 2048/1024/512/256 whose staging fits shared memory.
+
+    It fixes which lane owns which unit, so the emulation must use the same value.
+    """
+    for cw in (2048, 1024, 512, 256):
+        if smem_bytes(qt, cw, tcap, nw) <= SMEM_LIMIT:
+            return cw
+    raise BadArgument(f"{qt.name}: no chunk size fits shared memory")
 
 
 def layout(ids: np.ndarray, shared: bool):

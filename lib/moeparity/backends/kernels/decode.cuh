@@ -68,7 +68,7 @@ template <bool S> __device__ void Q5_0::decode8(const u8* b, int i, float* w, fl
     const float d = h2f(b);
     const unsigned qh = b[2] | (b[3] << 8) | (b[4] << 16) | ((unsigned)b[5] << 24);
     const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = d * (float)((((b[6 + o + j] >> sh) & 15) | (((qh >> (i + j)) & 1) << 4)) - 16);
+    for (int j = 0; j < 8; j++) w[j] = d * (float)((int)(((b[6 + o + j] >> sh) & 15) | (((qh >> (i + j)) & 1) << 4)) - 16);
 }
 template <bool S> __device__ void Q5_1::decode8(const u8* b, int i, float* w, float& m) {
     const float d = h2f(b); m = -h2f(b + 2);

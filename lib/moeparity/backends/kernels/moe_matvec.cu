@@ -2,12 +2,14 @@
 //
 // Work is given as groups: group g = one expert (local index gexp[g] into W) and the members
 // gstart[g]..gstart[g+1] routed to it; member m reads x row mx[m] and writes out row mo[m].
-// A block of WARPS warps takes WARPS consecutive rows of one group; each warp stages its row in
-// chunks into shared memory with coalesced 16-byte loads. The row is cut in units of 32 weights;
-// lane L owns the units U ≡ L (mod 32), in increasing order. For each unit and member it adds,
-// in order, the four sequential 8-term sums of the unit's 8-weight groups to its partial; a
-// butterfly (xor 16, 8, 4, 2, 1) then reduces the 32 partials. Members are taken MAXT at a time,
-// so each weight chunk is read once for up to MAXT tokens. (backends/emulated.py reproduces this.)
+// A block of WARPS warps takes WARPS consecutive rows of one group and walks the row in chunks
+// of CW weights: the block stages the chunk of x of up to TCAP members into shared memory
+// (coalesced float4 loads, one padded 144-byte slot per 32 weights so that lanes read it without
+// bank conflicts), each warp stages its row's chunk of weights (coalesced 16-byte loads). The row
+// is cut in units of 32 weights; in a chunk, lane L takes units L, L+32, …; per unit and member
+// it adds, in order, the four sequential 8-term sums of the unit's 8-weight groups to its partial.
+// A butterfly (xor 16, 8, 4, 2, 1) reduces the 32 partials. backends/emulated.py reproduces this
+// order exactly (the build uses --fmad=false), given the same CW (gpu_layout.chunk_weights).
 //
 // mode 0: f32 activations. mode 1: q8_1 (llama.cpp MMVQ numerics): X holds x' = fp16(d)·q per
 // 32-block and S the fp16-rounded block sums of the unquantised x; formats with a min use S for
@@ -19,8 +21,7 @@
 
 #define WARPS 4
 #define MAXT 8
-
-template <class Q> struct Chunk { static constexpr int W = Q::BLOCK == 1 ? 1024 : 2048, BYTES = W / Q::BLOCK * Q::NBYTES; };
+#define XSLOT 36            // floats per staged 32-weight unit of x (4 of padding)
 
 __device__ __forceinline__ void stage(u8* dst, const u8* src, int nbytes, int lane) {
     if ((((size_t)src) & 15) == 0 && (nbytes & 15) == 0) {
@@ -43,57 +44,72 @@ __device__ __forceinline__ float act_fn(int act, float g, float u, float alpha, 
     return gc * s * (uc + 1.0f);
 }
 
+// Dynamic shared memory: [x: tcap × CW/32 slots × XSLOT floats][weights: WARPS × NW × CW-chunk bytes]
 template <class Q, bool GATE_UP>
 __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long expert_stride, int R,
                          int row_bytes, int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
                          const int* __restrict__ mx, const int* __restrict__ mo, const float* __restrict__ X,
                          const float* __restrict__ S, float* __restrict__ out, float* __restrict__ out2,
-                         float* __restrict__ out3, int mode, int act, float alpha, float limit) {
+                         float* __restrict__ out3, int mode, int act, float alpha, float limit, int CW, int tcap) {
     constexpr int NW = GATE_UP ? 2 : 1;
-    __shared__ __align__(16) u8 smem[WARPS][NW][Chunk<Q>::BYTES];
+    extern __shared__ __align__(16) unsigned char dsm[];
+    float* xs = (float*)dsm;
+    const int units = CW / 32;
+    const int cbytes = CW / Q::BLOCK * Q::NBYTES;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    u8* wsm = dsm + (size_t)tcap * units * XSLOT * 4 + (size_t)warp * NW * cbytes;
     const int g = blockIdx.y;
     const int r = blockIdx.x * WARPS + warp;
-    if (r >= R) return;
-    const long long base = (long long)gexp[g] * expert_stride + (long long)r * row_bytes;
-    const u8* rows[2] = {W + base, GATE_UP ? W2 + base : nullptr};
+    const bool active = r < R;                       // no early return: the block syncs together
+    const long long base = (long long)gexp[g] * expert_stride + (long long)(active ? r : 0) * row_bytes;
+    const u8* rows[2] = {W + base, GATE_UP ? W2 + base : W + base};
     const bool split = Q::HAS_MIN && mode == 1;
-    for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += MAXT) {
-        const int nt = min(MAXT, gstart[g + 1] - m0);
+    for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += tcap) {
+        const int nt = min(tcap, gstart[g + 1] - m0);
         float acc[NW][MAXT];
-        _Pragma("unroll") for (int v = 0; v < NW; v++) for (int t = 0; t < MAXT; t++) acc[v][t] = 0.f;
-        for (int c0 = 0; c0 < n_in; c0 += Chunk<Q>::W) {
-            const int nw = min(Chunk<Q>::W, n_in - c0);
-            __syncwarp();
-            _Pragma("unroll") for (int v = 0; v < NW; v++)
-                stage(smem[warp][v], rows[v] + (long long)c0 / Q::BLOCK * Q::NBYTES, nw / Q::BLOCK * Q::NBYTES, lane);
-            __syncwarp();
-            for (int e = lane * 32; e < nw; e += 32 * 32) {            // this lane's units in the chunk
+        _Pragma("unroll") for (int v = 0; v < NW; v++) _Pragma("unroll") for (int t = 0; t < MAXT; t++) acc[v][t] = 0.f;
+        for (int c0 = 0; c0 < n_in; c0 += CW) {
+            const int nw = min(CW, n_in - c0);
+            __syncthreads();
+            const int nf4 = nw / 4;
+            for (int k = threadIdx.x; k < nt * nf4; k += WARPS * 32) {
+                const int t = k / nf4, f = k % nf4;
+                const float4 v4 = __ldg((const float4*)(X + (long long)mx[m0 + t] * n_in + c0) + f);
+                *(float4*)(xs + ((size_t)t * units + f / 8) * XSLOT + (f % 8) * 4) = v4;
+            }
+            if (active) {
+                _Pragma("unroll") for (int v = 0; v < NW; v++)
+                    stage(wsm + v * cbytes, rows[v] + (long long)c0 / Q::BLOCK * Q::NBYTES, nw / Q::BLOCK * Q::NBYTES, lane);
+            }
+            __syncthreads();
+            if (!active) continue;
+            for (int u = lane; u < nw / 32; u += 32) {
+                const int e = u * 32;
                 const int boff = e / Q::BLOCK * Q::NBYTES, i = e % Q::BLOCK;
                 float w[NW][32], mn[NW];
                 _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                    const u8* b = smem[warp][v] + boff;
+                    const u8* b = wsm + v * cbytes + boff;
 #pragma unroll
                     for (int q = 0; q < 4; q++) {
                         float m;
                         const int ofs = Q::BLOCK == 1 ? 8 * q * Q::NBYTES : 0;  // float rows: b is the element
-                        if (split) Q::template decode8<true>(b + ofs, i + (Q::BLOCK == 1 ? 0 : 8 * q), w[v] + 8 * q, m);
-                        else Q::template decode8<false>(b + ofs, i + (Q::BLOCK == 1 ? 0 : 8 * q), w[v] + 8 * q, m);
+                        const int ii = Q::BLOCK == 1 ? 0 : i + 8 * q;
+                        if (split) Q::template decode8<true>(b + ofs, ii, w[v] + 8 * q, m);
+                        else Q::template decode8<false>(b + ofs, ii, w[v] + 8 * q, m);
                         if (q == 0) mn[v] = m;
                     }
                 }
 #pragma unroll
                 for (int t = 0; t < MAXT; t++) {
                     if (t >= nt) break;
-                    const long long xo = (long long)mx[m0 + t] * n_in + c0 + e;
-                    const float4* x4 = (const float4*)(X + xo);
+                    const float4* x4 = (const float4*)(xs + ((size_t)t * units + u) * XSLOT);
                     float xv[32];
 #pragma unroll
                     for (int k = 0; k < 8; k++) {
                         const float4 a = x4[k];
                         xv[4*k] = a.x; xv[4*k+1] = a.y; xv[4*k+2] = a.z; xv[4*k+3] = a.w;
                     }
-                    const float sb = split ? S[xo / 32] : 0.f;
+                    const float sb = split ? S[((long long)mx[m0 + t] * n_in + c0 + e) / 32] : 0.f;
                     _Pragma("unroll") for (int v = 0; v < NW; v++) {
 #pragma unroll
                         for (int q = 0; q < 4; q++) {
@@ -107,6 +123,7 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 }
             }
         }
+        if (!active) continue;
 #pragma unroll
         for (int t = 0; t < MAXT; t++) {
             if (t >= nt) break;
@@ -142,15 +159,16 @@ __device__ void dequant_rows(const u8* __restrict__ W, int row_bytes, int n_in, 
 #define ENTRY(Q)                                                                                                \
 extern "C" __global__ void __launch_bounds__(WARPS * 32) moe_matvec_##Q(                                       \
         const u8* W, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart, const int* mx,  \
-        const int* mo, const float* X, const float* S, float* out, int mode) {                                  \
+        const int* mo, const float* X, const float* S, float* out, int mode, int cw, int tcap) {                \
     moe_rows<Q, false>(W, nullptr, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, nullptr, nullptr, mode,    \
-                       0, 0.f, 0.f);                                                                            \
+                       0, 0.f, 0.f, cw, tcap);                                                                  \
 }                                                                                                               \
 extern "C" __global__ void __launch_bounds__(WARPS * 32) moe_gate_up_##Q(                                      \
         const u8* Wg, const u8* Wu, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,  \
         const int* mx, const int* mo, const float* X, const float* S, float* g, float* u, float* a, int mode,   \
-        int act, float alpha, float limit) {                                                                    \
-    moe_rows<Q, true>(Wg, Wu, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, g, u, a, mode, act, alpha, limit);   \
+        int act, float alpha, float limit, int cw, int tcap) {                                                  \
+    moe_rows<Q, true>(Wg, Wu, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, g, u, a, mode, act, alpha, limit,    \
+                      cw, tcap);                                                                                \
 }                                                                                                               \
 extern "C" __global__ void dequant_##Q(const u8* W, int rb, int n_in, long long n_rows, float* out) {          \
     dequant_rows<Q>(W, rb, n_in, n_rows, out);                                                                  \
