@@ -8,7 +8,7 @@ from ..errors import BadArgument
 from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
-WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 4, 8, 32, 8, 32, 36   # must match kernels/moe_matvec.cu
+WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 8, 8, 32, 8, 32, 36   # must match kernels/moe_matvec.cu
 SMEM_LIMIT = 48 * 1024                                         # default dynamic shared memory per block
 ACT_ID = {"silu": 0, "gelu_tanh": 1, "swiglu_oai": 2}
 MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # min term from the q8_1 block sum

@@ -15,8 +15,28 @@ __device__ __forceinline__ float h2f(const u8* p) {
 __device__ __forceinline__ float e8m0_half(unsigned e) {
     return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1u) << 23));
 }
-__constant__ float KV_IQ4[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-__constant__ float KV_MX[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+// Small non-negative int → float without I2F (a quarter-rate pipe): 2^23 + q, minus 2^23 + bias.
+// Exact for 0 <= q < 2^23 and |bias| small, so the values equal those of an int→float conversion.
+__device__ __forceinline__ float qf(unsigned q, float bias_plus_2p23) {
+    return __int_as_float(0x4B000000u | q) - bias_plus_2p23;
+}
+#define P23 8388608.0f
+// 4 little-endian bytes at a 2-byte-aligned shared-memory address
+__device__ __forceinline__ unsigned ld4_a2(const u8* p) {
+    const unsigned short* h = (const unsigned short*)p;
+    return (unsigned)h[0] | ((unsigned)h[1] << 16);
+}
+// 16-entry int8 grids held in registers (a __constant__ table serialises when lanes index it
+// differently): byte q of the 16 packed bytes, via __byte_perm, then int8 → float exactly.
+__device__ __forceinline__ float grid16(unsigned q, unsigned t0, unsigned t1, unsigned t2, unsigned t3) {
+    const unsigned lo = __byte_perm(t0, t1, q & 7), hi = __byte_perm(t2, t3, q & 7);
+    const unsigned v = ((q & 8) ? hi : lo) & 255;
+    return qf(v ^ 128u, P23 + 128.0f);                       // (int8)v as float
+}
+// kvalues_iq4nl = {-127,-104,-83,-65,-49,-35,-22,-10, 1,13,25,38,53,69,89,113} as bytes
+#define KV_IQ4(q) grid16((q), 0xBFAD9881u, 0xF6EADDCFu, 0x26190D01u, 0x71594535u)
+// kvalues_mxfp4 (e2m1 doubled) = {0,1,2,3,4,6,8,12, 0,-1,-2,-3,-4,-6,-8,-12}
+#define KV_MX(q) grid16((q), 0x03020100u, 0x0C080604u, 0xFDFEFF00u, 0xF4F8FAFCu)
 
 #define QTYPE(NAME, BLOCK_, NBYTES_, HASMIN_) \
     struct NAME { static constexpr int BLOCK = BLOCK_, NBYTES = NBYTES_; static constexpr bool HAS_MIN = HASMIN_; \
@@ -56,7 +76,8 @@ template <bool S> __device__ void Q4_0::decode8(const u8* b, int i, float* w, fl
     m = 0.f;
     const float d = h2f(b);
     const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = d * (float)(((b[2 + o + j] >> sh) & 15) - 8);
+    const unsigned lo = ld4_a2(b + 2 + o), hi = ld4_a2(b + 6 + o);
+    for (int j = 0; j < 8; j++) w[j] = d * qf(((j < 4 ? lo >> (8 * j) : hi >> (8 * (j - 4))) >> sh) & 15, P23 + 8.0f);
 }
 template <bool S> __device__ void Q4_1::decode8(const u8* b, int i, float* w, float& m) {
     const float d = h2f(b); m = -h2f(b + 2);                  // w = d*q + min  ⇒  b-term is -min
@@ -82,7 +103,8 @@ template <bool S> __device__ void Q5_1::decode8(const u8* b, int i, float* w, fl
 template <bool S> __device__ void Q8_0::decode8(const u8* b, int i, float* w, float& m) {
     m = 0.f;
     const float d = h2f(b);
-    for (int j = 0; j < 8; j++) w[j] = (float)(signed char)b[2 + i + j] * d;
+    const unsigned lo = ld4_a2(b + 2 + i) ^ 0x80808080u, hi = ld4_a2(b + 6 + i) ^ 0x80808080u;  // int8 + 128
+    for (int j = 0; j < 8; j++) w[j] = qf((j < 4 ? lo >> (8 * j) : hi >> (8 * (j - 4))) & 255, P23 + 128.0f) * d;
 }
 template <bool S> __device__ void Q2_K::decode8(const u8* b, int i, float* w, float& m) {
     m = 0.f;
@@ -112,8 +134,9 @@ template <bool S> __device__ void Q4_K::decode8(const u8* b, int i, float* w, fl
     int sc, mn; scale_min_k4(b + 4, sb, sc, mn);
     const float dl = h2f(b) * (float)sc; m = h2f(b + 2) * (float)mn;
     const int sh = 4 * (sb & 1);
+    const uint2 v = *(const uint2*)(b + 16 + (sb >> 1) * 32 + l);          // blocks are 16-byte aligned
     for (int j = 0; j < 8; j++) {
-        const float q = (float)((b[16 + (sb >> 1) * 32 + l + j] >> sh) & 15);
+        const float q = qf(((j < 4 ? v.x >> (8 * j) : v.y >> (8 * (j - 4))) >> sh) & 15, P23);
         w[j] = S ? dl * q : dl * q - m;
     }
 }
@@ -122,8 +145,11 @@ template <bool S> __device__ void Q5_K::decode8(const u8* b, int i, float* w, fl
     int sc, mn; scale_min_k4(b + 4, sb, sc, mn);
     const float dl = h2f(b) * (float)sc; m = h2f(b + 2) * (float)mn;
     const int sh = 4 * (sb & 1);
+    const uint2 v = *(const uint2*)(b + 48 + (sb >> 1) * 32 + l), h = *(const uint2*)(b + 16 + l);
     for (int j = 0; j < 8; j++) {
-        const float q = (float)(((b[48 + (sb >> 1) * 32 + l + j] >> sh) & 15) | (((b[16 + l + j] >> sb) & 1) << 4));
+        const unsigned vb = j < 4 ? v.x >> (8 * j) : v.y >> (8 * (j - 4));
+        const unsigned hb = j < 4 ? h.x >> (8 * j) : h.y >> (8 * (j - 4));
+        const float q = qf(((vb >> sh) & 15) | (((hb >> sb) & 1) << 4), P23);
         w[j] = S ? dl * q : dl * q - m;
     }
 }
@@ -134,13 +160,18 @@ template <bool S> __device__ void Q6_K::decode8(const u8* b, int i, float* w, fl
     const u8* ql = b + h*64 + (k & 1) * 32 + l;
     const u8* qh = b + 128 + h*32 + l;
     const int sh = 4 * (k >> 1);
-    for (int j = 0; j < 8; j++) w[j] = dl * (float)((((ql[j] >> sh) & 15) | (((qh[j] >> (2*k)) & 3) << 4)) - 32);
+    const unsigned l0 = ld4_a2(ql), l1 = ld4_a2(ql + 4), h0 = ld4_a2(qh), h1 = ld4_a2(qh + 4);
+    for (int j = 0; j < 8; j++) {
+        const unsigned lb = j < 4 ? l0 >> (8 * j) : l1 >> (8 * (j - 4));
+        const unsigned hb = j < 4 ? h0 >> (8 * j) : h1 >> (8 * (j - 4));
+        w[j] = dl * qf(((lb >> sh) & 15) | (((hb >> (2 * k)) & 3) << 4), P23 + 32.0f);
+    }
 }
 template <bool S> __device__ void IQ4_NL::decode8(const u8* b, int i, float* w, float& m) {
     m = 0.f;
     const float d = h2f(b);
     const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = d * KV_IQ4[(b[2 + o + j] >> sh) & 15];
+    for (int j = 0; j < 8; j++) w[j] = d * KV_IQ4((b[2 + o + j] >> sh) & 15);
 }
 template <bool S> __device__ void IQ4_XS::decode8(const u8* b, int i, float* w, float& m) {
     m = 0.f;
@@ -148,11 +179,11 @@ template <bool S> __device__ void IQ4_XS::decode8(const u8* b, int i, float* w, 
     const unsigned shi = b[2] | (b[3] << 8);
     const int ls = ((b[4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | (((shi >> (2 * ib)) & 3) << 4);
     const float dl = h2f(b) * (float)(ls - 32);
-    for (int j = 0; j < 8; j++) w[j] = dl * KV_IQ4[(b[8 + ib*16 + o + j] >> sh) & 15];
+    for (int j = 0; j < 8; j++) w[j] = dl * KV_IQ4((b[8 + ib*16 + o + j] >> sh) & 15);
 }
 template <bool S> __device__ void MXFP4::decode8(const u8* b, int i, float* w, float& m) {
     m = 0.f;
     const float d = e8m0_half(b[0]);
     const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = d * KV_MX[(b[1 + o + j] >> sh) & 15];
+    for (int j = 0; j < 8; j++) w[j] = d * KV_MX((b[1 + o + j] >> sh) & 15);
 }

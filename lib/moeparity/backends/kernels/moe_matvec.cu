@@ -19,7 +19,7 @@
 // one read of x and writes gate, up and act(gate, up) (act: 0 silu, 1 gelu_tanh, 2 swiglu_oai).
 #include "decode.cuh"
 
-#define WARPS 4
+#define WARPS 8
 #define MAXT 8
 #define XSLOT 36            // floats per staged 32-weight unit of x (4 of padding)
 
@@ -71,11 +71,11 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         for (int c0 = 0; c0 < n_in; c0 += CW) {
             const int nw = min(CW, n_in - c0);
             __syncthreads();
-            const int nf4 = nw / 4;
-            for (int k = threadIdx.x; k < nt * nf4; k += WARPS * 32) {
-                const int t = k / nf4, f = k % nf4;
-                const float4 v4 = __ldg((const float4*)(X + (long long)mx[m0 + t] * n_in + c0) + f);
-                *(float4*)(xs + ((size_t)t * units + f / 8) * XSLOT + (f % 8) * 4) = v4;
+            for (int t = 0; t < nt; t++) {
+                const float4* src = (const float4*)(X + (long long)mx[m0 + t] * n_in + c0);
+                float* dst = xs + (size_t)t * units * XSLOT;
+                for (int f = threadIdx.x; f < nw / 4; f += WARPS * 32)
+                    *(float4*)(dst + (f >> 3) * XSLOT + (f & 7) * 4) = __ldg(src + f);
             }
             if (active) {
                 _Pragma("unroll") for (int v = 0; v < NW; v++)
@@ -157,7 +157,7 @@ __device__ void dequant_rows(const u8* __restrict__ W, int row_bytes, int n_in, 
 }
 
 #define ENTRY(Q)                                                                                                \
-extern "C" __global__ void __launch_bounds__(WARPS * 32) moe_matvec_##Q(                                       \
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 3) moe_matvec_##Q(                                       \
         const u8* W, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart, const int* mx,  \
         const int* mo, const float* X, const float* S, float* out, int mode, int cw, int tcap) {                \
     moe_rows<Q, false>(W, nullptr, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, nullptr, nullptr, mode,    \
