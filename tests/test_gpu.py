@@ -74,3 +74,20 @@ def test_streaming_uploads_only_selected_experts(tiny, gpu):
     ffn_forward(lay, inputs.synthetic(m, 5, 1), gpu, capture="layer")
     per_expert = sum(lay[r].expert_bytes for r in ("gate_exps", "up_exps", "down_exps"))
     assert gpu.uploaded_bytes - before <= m.hparams.n_expert_used * per_expert + lay["router"].nbytes
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "F16"])
+def test_many_experts_take_the_prefetching_kernel(gpu, qtype, rng):
+    """128 experts × 520 rows: grid large enough for 4 rows per warp (cp.async double buffering),
+    including a last block whose rows run past R."""
+    from moeparity.backends import gpu_layout as L
+    E, R, n_in = 128, 520, 256
+    assert L.rows_per_warp(R, E) == 4
+    w = (rng.standard_normal((E, R, n_in)) * 0.05).astype(np.float32)
+    T = QTensor.from_weights("big", w, qtype)
+    ids = np.tile(np.arange(E), (2, 1))
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    y = gpu.moe_matvec(T, ids, x)
+    assert np.array_equal(y, backends.get("emulated-cuda").moe_matvec(T, ids, x))
+    yo, mag = backends.get("oracle").moe_matvec(T, ids, x, magnitude=True)
+    assert (np.abs(y - yo) <= n_in * U * mag + 1e-30).all()

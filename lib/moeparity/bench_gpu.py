@@ -71,7 +71,8 @@ class _Case:
         self.cp, self.be, self.qt, self.E, self.R, self.n_in = cp, be, qt, E, R, n_in
         self.row_bytes = n_in // qt.block * qt.nbytes
         self.W = random_blocks(cp, qt, E * R * n_in // qt.block, seed).reshape(E, R, self.row_bytes)
-        self.f = be.module.get_function(f"moe_matvec_{qt.name}")
+        self.f1 = be.module.get_function(f"moe_matvec_{qt.name}")
+        self.f4 = be.module.get_function(f"moe_matvec4_{qt.name}")
         self.fd = be.module.get_function(f"dequant_{qt.name}")
 
     def plan(self, ids, X):
@@ -84,12 +85,14 @@ class _Case:
         self.G = len(experts)
         self.tcap = L.tcap_of(start)
         self.cw = L.chunk_weights(self.qt, self.tcap)
+        self.rpw = L.rows_per_warp(self.R, self.G)
         self.ids = ids
         self.bytes = self.G * self.R * self.row_bytes
 
     def ours(self):
         gexp, gstart, mx, mo = self.args
-        self.f(((self.R + L.WARPS - 1) // L.WARPS, self.G), (L.WARPS * 32,),
+        f = self.f4 if self.rpw == 4 else self.f1
+        f((-(-self.R // (L.WARPS * self.rpw)), self.G), (L.WARPS * 32,),
                (self.W, np.int64(self.R * self.row_bytes), np.int32(self.R), np.int32(self.row_bytes),
                 np.int32(self.n_in), gexp, gstart, mx, mo, self.X, self.S, self.out, np.int32(0), np.int32(self.cw),
                 np.int32(self.tcap)), shared_mem=L.smem_bytes(self.qt, self.cw, self.tcap))

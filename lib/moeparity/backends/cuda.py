@@ -111,9 +111,10 @@ class CudaBackend(Backend):
         a = self._launch_common(tensor, ids, x, act)
         cp, R = self.cp, tensor.n_out
         out = cp.empty((a["T"] * a["k"], R), cp.float32)
-        grid = ((R + L.WARPS - 1) // L.WARPS, a["G"])
+        rpw = L.rows_per_warp(R, a["G"])
+        grid = (-(-R // (L.WARPS * rpw)), a["G"])
         cw = L.chunk_weights(a["qt"], a["tcap"])
-        self._fn("moe_matvec", a["qt"])(grid, (L.WARPS * 32,), (
+        self._fn("moe_matvec4" if rpw == 4 else "moe_matvec", a["qt"])(grid, (L.WARPS * 32,), (
             a["W"], np.int64(tensor.expert_bytes), np.int32(R), np.int32(tensor.row_bytes), np.int32(tensor.n_in),
             a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], out, np.int32(a["mode"]), np.int32(cw),
             np.int32(a["tcap"])), shared_mem=L.smem_bytes(a["qt"], cw, a["tcap"]))

@@ -25,7 +25,7 @@ def tcap_of(start: np.ndarray) -> int:
 
 
 def smem_bytes(qt, cw: int, tcap: int, nw: int = 1) -> int:
-    return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * nw * (cw // qt.block * qt.nbytes)
+    return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * 2 * nw * (cw // qt.block * qt.nbytes)   # 2: double buffer
 
 
 def chunk_weights(qt, tcap: int, nw: int = 1) -> int:
@@ -37,6 +37,11 @@ def chunk_weights(qt, tcap: int, nw: int = 1) -> int:
         if smem_bytes(qt, cw, tcap, nw) <= SMEM_LIMIT:
             return cw
     raise BadArgument(f"{qt.name}: no chunk size fits shared memory")
+
+
+def rows_per_warp(n_rows: int, n_groups: int, sms: int = 132) -> int:
+    """4 rows per warp (prefetch overlap) when that still gives every SM several blocks, else 1."""
+    return 4 if n_groups * -(-n_rows // (WARPS * 4)) >= 4 * sms else 1
 
 
 def layout(ids: np.ndarray, shared: bool):
