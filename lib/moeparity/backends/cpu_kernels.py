@@ -111,10 +111,159 @@ def _decode32(qid, r, o, buf, p):
             buf[p + j + 16] = d * KV_MX[q >> 4]
 
 
-@njit(inline="always", cache=True)
+# Specialised decoders for the common rows: inner loops run over slices with a run-time length,
+# the shape LLVM vectorises (a constant trip count of 32 gets unrolled and stays scalar).
+@njit(fastmath=True, cache=True)
+def _dec_q8_0(r, o, buf, n):
+    ri = r.view(np.int8)
+    for b in range(n // 32):
+        p = o + b * 34
+        d = h2f(_u16(r, p))
+        src = ri[p + 2:p + 34]
+        dst = buf[b * 32:b * 32 + 32]
+        for j in range(src.shape[0]):
+            dst[j] = np.float32(src[j]) * d
+
+
+@njit(fastmath=True, cache=True)
+def _dot_q8_0(r, o, x, n):
+    """One token: Σ_b d_b · Σ_j q_j x_j straight from the bytes (no decode buffer)."""
+    acc = np.float32(0.0)
+    ri = r.view(np.int8)
+    for b in range(n // 32):
+        p = o + b * 34
+        src = ri[p + 2:p + 34]
+        xs = x[b * 32:b * 32 + 32]
+        s = np.float32(0.0)
+        for j in range(src.shape[0]):
+            s += np.float32(src[j]) * xs[j]
+        acc += h2f(_u16(r, p)) * s
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def _dot_q4_k(r, o, x, n):
+    """One token, Q4_K: per 32-weight sub-block d·Σq·x − m·Σx, straight from the bytes."""
+    acc = np.float32(0.0)
+    for b in range(n // 256):
+        p = o + b * 144
+        d, dmin = h2f(_u16(r, p)), h2f(_u16(r, p + 2))
+        for c in range(4):
+            sc0, mn0 = _scale_min_k4(r, p + 4, 2 * c)
+            sc1, mn1 = _scale_min_k4(r, p + 4, 2 * c + 1)
+            src = r[p + 16 + c * 32:p + 48 + c * 32]
+            xl = x[b * 256 + c * 64:b * 256 + c * 64 + 32]
+            xh = x[b * 256 + c * 64 + 32:b * 256 + c * 64 + 64]
+            s0 = s1 = t0 = t1 = np.float32(0.0)
+            for j in range(src.shape[0]):
+                q = np.int32(src[j])
+                s0 += np.float32(q & 15) * xl[j]
+                s1 += np.float32(q >> 4) * xh[j]
+                t0 += xl[j]
+                t1 += xh[j]
+            acc += (d * sc0) * s0 - (dmin * mn0) * t0 + (d * sc1) * s1 - (dmin * mn1) * t1
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def _dot_q6_k(r, o, x, n):
+    """One token, Q6_K: per 16-weight group (d·sc)·Σ(q−32)·x, straight from the bytes."""
+    acc = np.float32(0.0)
+    for b in range(n // 256):
+        p = o + b * 210
+        d = h2f(_u16(r, p + 208))
+        for h in range(2):
+            for k in range(4):
+                lo_off = p + h * 64 + (k % 2) * 32
+                lo_sh = 4 * (k // 2)
+                for half in range(2):
+                    a = half * 16
+                    ql = r[lo_off + a:lo_off + a + 16]
+                    qh = r[p + 128 + h * 32 + a:p + 128 + h * 32 + a + 16]
+                    e = b * 256 + h * 128 + k * 32 + a
+                    xs = x[e:e + 16]
+                    s = np.float32(0.0)
+                    for j in range(ql.shape[0]):
+                        q = ((np.int32(ql[j]) >> lo_sh) & 15) | (((np.int32(qh[j]) >> (2 * k)) & 3) << 4)
+                        s += np.float32(q - 32) * xs[j]
+                    acc += (d * np.float32(np.int8(r[p + 192 + h * 8 + k * 2 + half]))) * s
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def _dec_q4_0(r, o, buf, n):
+    for b in range(n // 32):
+        p = o + b * 18
+        d = h2f(_u16(r, p))
+        src = r[p + 2:p + 18]
+        lo, hi = buf[b * 32:b * 32 + 16], buf[b * 32 + 16:b * 32 + 32]
+        for j in range(src.shape[0]):
+            q = np.int32(src[j])
+            lo[j] = d * np.float32((q & 15) - 8)
+            hi[j] = d * np.float32((q >> 4) - 8)
+
+
+@njit(fastmath=True, cache=True)
+def _dec_q5_0(r, o, buf, n):
+    for b in range(n // 32):
+        p = o + b * 22
+        d = h2f(_u16(r, p))
+        qh = np.int64(_u16(r, p + 2) | (_u16(r, p + 4) << np.uint32(16)))
+        src = r[p + 6:p + 22]
+        lo, hi = buf[b * 32:b * 32 + 16], buf[b * 32 + 16:b * 32 + 32]
+        for j in range(src.shape[0]):
+            q = np.int64(src[j])
+            lo[j] = d * np.float32(((q & 15) | (((qh >> j) & 1) << 4)) - 16)
+            hi[j] = d * np.float32(((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16)
+
+
+@njit(fastmath=True, cache=True)
+def _dec_q4_k(r, o, buf):
+    d, dmin = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
+    for c in range(4):
+        sc0, mn0 = _scale_min_k4(r, o + 4, 2 * c)
+        sc1, mn1 = _scale_min_k4(r, o + 4, 2 * c + 1)
+        d0, m0, d1, m1 = d * sc0, dmin * mn0, d * sc1, dmin * mn1
+        src = r[o + 16 + c * 32:o + 48 + c * 32]
+        lo, hi = buf[c * 64:c * 64 + 32], buf[c * 64 + 32:c * 64 + 64]
+        for j in range(src.shape[0]):
+            q = np.int32(src[j])
+            lo[j] = d0 * np.float32(q & 15) - m0
+            hi[j] = d1 * np.float32(q >> 4) - m1
+
+
+@njit(fastmath=True, cache=True)
+def _dec_q6_k(r, o, buf):
+    d = h2f(_u16(r, o + 208))
+    for h in range(2):
+        for k in range(4):
+            lo_off = o + h * 64 + (k % 2) * 32
+            lo_sh = 4 * (k // 2)
+            for half in range(2):
+                dl = d * np.float32(np.int8(r[o + 192 + h * 8 + k * 2 + half]))
+                a = half * 16
+                ql = r[lo_off + a:lo_off + a + 16]
+                qh = r[o + 128 + h * 32 + a:o + 128 + h * 32 + a + 16]
+                dst = buf[h * 128 + k * 32 + a:h * 128 + k * 32 + a + 16]
+                for j in range(ql.shape[0]):
+                    q = ((np.int32(ql[j]) >> lo_sh) & 15) | (((np.int32(qh[j]) >> (2 * k)) & 3) << 4)
+                    dst[j] = dl * np.float32(q - 32)
+
+
+@njit(cache=True)
 def decode(qid, r, o, buf, n):
     """Decode the chunk of n weights (n = 256 except a row's tail) starting at byte o of row r."""
-    if qid == T_Q4_K or qid == T_Q5_K:
+    if qid == T_Q4_K:
+        _dec_q4_k(r, o, buf)
+    elif qid == T_Q6_K:
+        _dec_q6_k(r, o, buf)
+    elif qid == T_Q8_0:
+        _dec_q8_0(r, o, buf, n)
+    elif qid == T_Q4_0:
+        _dec_q4_0(r, o, buf, n)
+    elif qid == T_Q5_0:
+        _dec_q5_0(r, o, buf, n)
+    elif qid == T_Q4_K or qid == T_Q5_K:
         d, dmin = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
         for c in range(4):
             sc0, mn0 = _scale_min_k4(r, o + 4, 2 * c)
@@ -196,6 +345,17 @@ def decode(qid, r, o, buf, n):
 ROWS_PER_JOB = 16
 
 
+@njit(fastmath=True, cache=True)
+def dot_members(buf, n, X, mx, m0, m1, off, acc):
+    """acc[m - m0] += buf[:n] · X[mx[m], off:off+n] — a small function LLVM vectorises on its own."""
+    for m in range(m0, m1):
+        xs = X[mx[m], off:off + n]
+        s = np.float32(0.0)
+        for i in range(xs.shape[0]):
+            s += buf[i] * xs[i]
+        acc[m - m0] += s
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def moe_matvec(W, qid, chunk, chunk_bytes, n_in, gexp, gstart, mx, mo, X, out):
     """out[mo[m]] = W[gexp[g]] · X[mx[m]] for members m of group g (one group per distinct expert).
@@ -216,15 +376,18 @@ def moe_matvec(W, qid, chunk, chunk_bytes, n_in, gexp, gstart, mx, mo, X, out):
         for r in range(r0, r1):
             row = W[gexp[g], r]
             acc[:] = 0.0
-            for c in range(nch):
-                n = min(chunk, n_in - c * chunk)
-                decode(qid, row, c * chunk_bytes, buf, n)
-                off = c * chunk
-                for m in range(m0, m1):
-                    xr = X[mx[m]]
-                    s = np.float32(0.0)
-                    for i in range(n):
-                        s += buf[i] * xr[off + i]
-                    acc[m - m0] += s
+            if m1 - m0 == 1 and (qid == T_Q8_0 or qid == T_Q4_K or qid == T_Q6_K):
+                # one token: fused straight from the bytes, no decode buffer
+                if qid == T_Q8_0:
+                    acc[0] = _dot_q8_0(row, 0, X[mx[m0]], n_in)
+                elif qid == T_Q4_K:
+                    acc[0] = _dot_q4_k(row, 0, X[mx[m0]], n_in)
+                else:
+                    acc[0] = _dot_q6_k(row, 0, X[mx[m0]], n_in)
+            else:
+                for c in range(nch):
+                    n = min(chunk, n_in - c * chunk)
+                    decode(qid, row, c * chunk_bytes, buf, n)
+                    dot_members(buf, n, X, mx, m0, m1, c * chunk, acc)
             for m in range(m0, m1):
                 out[mo[m], r] = acc[m - m0]
