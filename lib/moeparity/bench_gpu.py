@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import gpu_layout as L
-from .bench import write_section  # noqa: F401  (re-exported for the script)
 from .errors import NoDevice
 from .qtypes import QTYPES
 
@@ -59,7 +58,6 @@ def copy_bandwidth(cp, nbytes=2 << 30):
     a = cp.ones(nbytes // 4, cp.float32)
     b = cp.empty_like(a)
     t = timed(cp, lambda: cp.copyto(b, a), repeat=10)
-    del a, b
     return 2 * nbytes / t / 1e9
 
 

@@ -17,7 +17,11 @@ class Backend:
     name: str = "?"
     label: str = "?"                      # what outputs show (e.g. "emulated-cuda (no GPU)")
     act_modes: tuple[str, ...] = ("f32",)
-    dispatch: Dispatch
+    implements: tuple[str, ...] = tuple(QTYPES)   # rows of qtypes.py this backend has kernels for
+
+    def __init__(self):
+        # the dispatch is derived from the table and the declaration above, never hand-listed
+        self.dispatch = Dispatch(self.name, {q: q for q in self.implements})
 
     def check_act(self, act: str):
         if act not in self.act_modes:

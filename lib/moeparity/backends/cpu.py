@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..qtypes import QTYPES, Dispatch
+from ..qtypes import QTYPES
 from ..quant.actquant import cpu_q8
 from . import cpu_kernels as K
 from .base import Backend, check_shapes
@@ -28,9 +28,6 @@ class CpuBackend(Backend):
     name = "cpu"
     label = "cpu (numba, float32)"
     act_modes = ("f32", "q8")
-
-    def __init__(self):
-        self.dispatch = Dispatch(self.name, {q: q for q in QTYPES})
 
     def moe_matvec(self, tensor, ids, x, act="f32"):
         self.check_act(act)

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from ..errors import DeviceOutOfMemory, NoDevice
-from ..qtypes import QTYPES, Dispatch
+from ..qtypes import QTYPES
 from . import gpu_layout as L
 from .base import Backend, check_shapes
 
@@ -52,7 +52,7 @@ class CudaBackend(Backend):
         self.label = f"cuda ({props['name'].decode() if isinstance(props['name'], bytes) else props['name']})"
         src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
         self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",))
-        self.dispatch = Dispatch(self.name, {q: q for q in QTYPES})
+        super().__init__()
         self._cache: dict = {}
         self._layer = None
         self.uploaded_bytes = 0

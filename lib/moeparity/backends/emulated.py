@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..qtypes import QTYPES, Dispatch
+from ..qtypes import QTYPES
 from ..quant import dequant as dq
 from . import gpu_layout as L
 from .base import Backend, check_shapes
@@ -74,9 +74,6 @@ class EmulatedCudaBackend(Backend):
     name = "emulated-cuda"
     label = "emulated-cuda (no GPU: CUDA kernel algorithm on the CPU)"
     act_modes = ("f32", "q8_1")
-
-    def __init__(self):
-        self.dispatch = Dispatch(self.name, {q: q for q in QTYPES})
 
     def _rows(self, tensor, qt, e, split):
         raw = np.asarray(tensor.expert(int(e)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..qtypes import QTYPES, Dispatch
+from ..qtypes import QTYPES
 from ..quant.dequant import dequantize
 from .base import Backend, check_shapes
 
@@ -15,9 +15,6 @@ from .base import Backend, check_shapes
 class OracleBackend(Backend):
     name = label = "oracle"
     act_modes = ("f32",)
-
-    def __init__(self):
-        self.dispatch = Dispatch(self.name, {q: q for q in QTYPES})
 
     def weights(self, tensor, expert: int) -> np.ndarray:
         qt = QTYPES[self.dispatch(tensor.type_id, tensor.name)]
