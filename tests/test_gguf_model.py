@@ -240,3 +240,45 @@ def test_cli_make_fixture(tmp_path):
     r = _cli("make-fixture", "--preset", "tiny-qwen3", "--layers", "2", "--seed", "3", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert Model.open(out).hparams.n_layer == 2
+
+
+def test_header_with_a_real_size_tokenizer_opens_fast(tmp_path):
+    """Real GGUFs carry ~150k tokenizer strings and merges; opening must stay header-fast."""
+    p = str(tmp_path / "tok.gguf")
+    w = GGUFWriter(p, "qwen3moe")
+    w.add_uint32("qwen3moe.block_count", 1)
+    w.add_uint32("qwen3moe.embedding_length", 32)
+    w.add_array("qwen3moe.feed_forward_length", [64, 96])            # short array: kept
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(151936)])
+    w.add_array("tokenizer.ggml.token_type", [1] * 151936)
+    w.add_array("tokenizer.ggml.merges", [f"a{i} b{i}" for i in range(151387)])
+    w.add_string("general.name", "after the arrays")
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(32, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    t = time.perf_counter()
+    m = Model.open(p)
+    assert time.perf_counter() - t < 2
+    assert m.metadata["general.name"] == "after the arrays"        # parsing resumed at the right offset
+    assert m.metadata["qwen3moe.feed_forward_length"] == [64, 96]
+    assert m.hparams.n_ff == 96
+    assert np.allclose(m.tensors["blk.0.ffn_norm.weight"].f32(), 1.0)
+
+
+def test_hostile_string_length_is_a_clear_error(tmp_path):
+    p = tmp_path / "h.gguf"
+    w = GGUFWriter(str(p), "qwen3moe")
+    w.add_uint32("qwen3moe.block_count", 1)
+    w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(1000)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    data = bytearray(p.read_bytes())
+    i = data.index(b"t500") - 8
+    data[i:i + 8] = (2 ** 62).to_bytes(8, "little")
+    p.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError):
+        Model.open(p)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -37,6 +38,39 @@ _ROLE_TENSOR = {
     "down_shexp": "ffn_down_shexp.weight", "shexp_gate": "ffn_gate_inp_shexp.weight",
     "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
 }
+
+
+class _HeaderReader(GGUFReader):
+    """GGUFReader that steps over long metadata arrays instead of building one numpy view per item.
+
+    A real Qwen3 GGUF carries ~150k tokenizer strings and ~150k merges; gguf-py parses each into
+    its own array (seconds). Here a long string array is walked with struct (its values are not
+    kept: `Model.metadata` has no use for the tokenizer) and a long scalar array is one view.
+    """
+
+    LONG = 256
+
+    def _get_field_parts(self, orig_offs, raw_type):
+        if GGUFValueType(raw_type) != GGUFValueType.ARRAY:
+            return super()._get_field_parts(orig_offs, raw_type)
+        raw_itype = self._get(orig_offs, np.uint32)
+        alen = self._get(orig_offs + 4, np.uint64)
+        n = int(alen[0])
+        if n <= self.LONG:
+            return super()._get_field_parts(orig_offs, raw_type)
+        itype = GGUFValueType(int(raw_itype[0]))
+        offs = orig_offs + 12
+        if itype == GGUFValueType.STRING:
+            buf = self.data
+            unpack = struct.Struct("<Q").unpack_from
+            for _ in range(n):
+                offs += 8 + unpack(buf, offs)[0]
+            return offs - orig_offs, [raw_itype, alen], [], [GGUFValueType.ARRAY, itype]
+        nptype = self.gguf_scalar_to_np.get(itype)
+        if nptype is None:
+            return super()._get_field_parts(orig_offs, raw_type)
+        vals = self._get(offs, nptype, n)
+        return 12 + int(vals.nbytes), [raw_itype, alen, vals], [2], [GGUFValueType.ARRAY, itype]
 
 
 @dataclass(frozen=True)
@@ -228,8 +262,9 @@ class Model:
         if magic != GGUF_MAGIC:
             raise ModelFileError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
         try:
-            reader = GGUFReader(path, "r")
-        except (ValueError, IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError) as e:
+            reader = _HeaderReader(path, "r")
+        except (ValueError, IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError,
+                struct.error) as e:
             raise ModelFileError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
         return cls(path, reader)
 
@@ -305,7 +340,7 @@ def _field_value(f):
         if t0 == GGUFValueType.ARRAY:
             if len(f.types) > 1 and f.types[1] == GGUFValueType.STRING:
                 return [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
-            return [v.item() for i in f.data for v in f.parts[i]]
+            return [v for i in f.data for v in f.parts[i].tolist()]
         if t0 == GGUFValueType.STRING:
             return bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
         v = f.parts[f.data[0]][0]
