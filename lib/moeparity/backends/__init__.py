@@ -11,10 +11,13 @@ def get(name: str):
     if name == "oracle":
         from .oracle import OracleBackend
         return OracleBackend()
-    if name in ("cuda", "device"):
+    if name == "cuda":                      # asked for explicitly: no GPU is an error, not a fallback
+        from .cuda import CudaBackend
+        return CudaBackend()
+    if name == "device":                    # the GPU if there is one, else the labelled emulation
         from .cuda import device_backend
         return device_backend()
     if name == "emulated-cuda":
         from .emulated import EmulatedCudaBackend
         return EmulatedCudaBackend()
-    raise BadArgument(f"unknown backend {name!r}; backends: cpu, oracle, cuda, emulated-cuda")
+    raise BadArgument(f"unknown backend {name!r}; backends: cpu, oracle, cuda, device, emulated-cuda")

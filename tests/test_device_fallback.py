@@ -1,0 +1,46 @@
+"""No GPU, no lie: explicit cuda fails with one line; `device` falls back to a labelled emulation;
+GPU out-of-memory is a MoeParityError naming the tensor, layer and bytes."""
+import types
+
+import numpy as np
+import pytest
+
+from moeparity import backends
+from moeparity.backends.cuda import CudaBackend, cuda_available
+from moeparity.errors import DeviceOutOfMemory, MoeParityError, NoDevice
+from moeparity.gguf_model import QTensor
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+def test_explicit_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(NoDevice) as e:
+        backends.get("cuda")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+def test_device_falls_back_to_labelled_emulation():
+    be = backends.get("device")
+    assert be.name == "emulated-cuda" and "emulated" in be.label
+
+
+def test_gpu_oom_names_layer_and_bytes():
+    class OOM(Exception):
+        pass
+
+    def empty(*a, **k):
+        raise OOM()
+
+    cp = types.SimpleNamespace(
+        uint8=np.uint8, empty=empty,
+        cuda=types.SimpleNamespace(memory=types.SimpleNamespace(OutOfMemoryError=OOM),
+                                   runtime=types.SimpleNamespace(memGetInfo=lambda: (1000, 80 * 2**30))))
+    be = CudaBackend.__new__(CudaBackend)            # no device needed for the upload path
+    be.cp, be._cache, be._layer, be.uploaded_bytes = cp, {}, None, 0
+    w = np.ones((4, 8, 32), np.float32)
+    t = QTensor.from_weights("blk.6.ffn_down_exps.weight", w, "Q8_0")
+    with pytest.raises(DeviceOutOfMemory) as e:
+        be._weights(t, np.array([1, 3]))
+    msg = str(e.value)
+    assert isinstance(e.value, MoeParityError)
+    assert "blk.6.ffn_down_exps.weight" in msg and "layer 6" in msg and str(2 * t.expert_bytes) in msg
