@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moeparity import backends
-from moeparity.backends.cuda import CudaBackend, cuda_available
+from moeparity.backends.cuda import cuda_available
 from moeparity.errors import DeviceOutOfMemory, MoeParityError, NoDevice
 from moeparity.gguf_model import QTensor
 
@@ -35,12 +35,13 @@ def test_gpu_oom_names_layer_and_bytes():
         uint8=np.uint8, empty=empty,
         cuda=types.SimpleNamespace(memory=types.SimpleNamespace(OutOfMemoryError=OOM),
                                    runtime=types.SimpleNamespace(memGetInfo=lambda: (1000, 80 * 2**30))))
-    be = CudaBackend.__new__(CudaBackend)            # no device needed for the upload path
-    be.cp, be._cache, be._layer, be.uploaded_bytes = cp, {}, None, 0
+    from moeparity.backends.streaming import ExpertUploader
+    up = ExpertUploader.__new__(ExpertUploader)      # no device needed for the upload path
+    up.cp, up.entries, up.last_prefetched, up.uploaded_bytes, up.pool = cp, {}, None, 0, None
     w = np.ones((4, 8, 32), np.float32)
     t = QTensor.from_weights("blk.6.ffn_down_exps.weight", w, "Q8_0")
     with pytest.raises(DeviceOutOfMemory) as e:
-        be._weights(t, np.array([1, 3]))
+        up.get(t, np.array([1, 3]))
     msg = str(e.value)
     assert isinstance(e.value, MoeParityError)
     assert "blk.6.ffn_down_exps.weight" in msg and "layer 6" in msg and str(2 * t.expert_bytes) in msg

@@ -91,3 +91,17 @@ def test_many_experts_take_the_prefetching_kernel(gpu, qtype, rng):
     assert np.array_equal(y, backends.get("emulated-cuda").moe_matvec(T, ids, x))
     yo, mag = backends.get("oracle").moe_matvec(T, ids, x, magnitude=True)
     assert (np.abs(y - yo) <= n_in * U * mag + 1e-30).all()
+
+
+def test_prefetch_double_buffering_gives_identical_results(tiny):
+    from moeparity.run import layer_pairs
+    m = Model.open(tiny)
+    plain = backends.get("cuda")
+    pre = backends.get("cuda")
+    cpu = backends.get("cpu")
+    got = {i: rb.out for i, _, _, _, rb in layer_pairs(m, cpu, pre, range(8), n_tokens=3, mode="isolated")}
+    want = {i: ffn_forward(m.layer(i), inputs.synthetic(m, i, 3), plain, "layer").out for i in range(8)}
+    for i in range(8):
+        assert np.array_equal(got[i], want[i])
+    assert pre.uploader.prefetch_hits >= 3 * 7                # gate/up/down of layers 1..7 came prefetched
+    assert len(pre.uploader.resident_layers) <= 2

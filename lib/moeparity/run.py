@@ -37,13 +37,23 @@ def layer_pairs(model, a, b, layers, n_tokens=1, seed=0, mode="isolated", source
         for i, x, ra in inputs.chained(model, a, layers, n_tokens, seed, capture, act_a):
             yield i, x, ra, x, ffn_forward(model.layer(i), x, b, capture, act_b)
         return
-    for i in layers:
+    def x_of(i):
         if source == "captured":
             if captured is None or i not in captured:
                 raise BadArgument(f"captured inputs have no array for layer {i}")
-            x = captured[i]
-        else:
-            x = inputs.synthetic(model, i, n_tokens, seed)
+            return captured[i]
+        return inputs.synthetic(model, i, n_tokens, seed)
+
+    xs = {}
+    for n, i in enumerate(layers):
+        x = xs.pop(i, None)
+        x = x_of(i) if x is None else x
+        if n + 1 < len(layers):                   # next layer's input is known: start its uploads
+            nxt = layers[n + 1]
+            xs[nxt] = x_of(nxt)
+            for be, act in ((a, act_a), (b, act_b)):
+                if hasattr(be, "prefetch_layer"):
+                    be.prefetch_layer(model.layer(nxt), xs[nxt], act)
         lay = model.layer(i)
         yield i, x, ffn_forward(lay, x, a, capture, act_a), x, ffn_forward(lay, x, b, capture, act_b)
 

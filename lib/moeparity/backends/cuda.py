@@ -1,7 +1,7 @@
 """CUDA backend on CuPy: kernels/*.cu compiled with NVRTC, dispatch from qtypes.py like the CPU's.
 
-Per-layer streaming: only the byte ranges of the experts a call needs are uploaded (from the
-mmap'd file), into a cache that holds the current layer and the one being prefetched; a model
+Per-layer streaming (streaming.py): only the byte ranges of the experts a call needs are uploaded
+(from the mmap'd file); the current layer and the one being prefetched are resident, so a model
 larger than GPU memory works. Out-of-memory becomes DeviceOutOfMemory naming the tensor and bytes.
 """
 from __future__ import annotations
@@ -11,10 +11,11 @@ import re
 
 import numpy as np
 
-from ..errors import DeviceOutOfMemory, NoDevice
+from ..errors import NoDevice
 from ..qtypes import QTYPES
 from . import gpu_layout as L
 from .base import Backend, check_shapes
+from .streaming import ExpertUploader
 
 KERNEL_DIR = os.path.join(os.path.dirname(__file__), "kernels")
 NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")     # no FMA contraction: emulated.py reproduces every sum
@@ -53,39 +54,29 @@ class CudaBackend(Backend):
         src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
         self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",))
         super().__init__()
-        self._cache: dict = {}
-        self._layer = None
-        self.uploaded_bytes = 0
+        self.uploader = ExpertUploader(cp)
 
     # ------------------------------------------------------------------ streaming
-    def _weights(self, tensor, experts: np.ndarray):
-        """Device copy of the given experts of `tensor` (n_sel, n_out, row_bytes) as uint8.
+    @property
+    def uploaded_bytes(self) -> int:
+        return self.uploader.uploaded_bytes
 
-        Cached for the current layer only (gate/up/down of one layer share a routing), keyed by the
-        backing buffer too, so two files or in-memory tensors never alias.
-        """
-        m = _LAYER_RE.match(tensor.name)
-        layer = int(m.group(1)) if m else None
-        key = (id(tensor._mm), tensor.offset, tensor.type_id, tuple(int(e) for e in experts))
-        if layer is not None and key in self._cache:
-            return self._cache[key][0]
-        if layer != self._layer:
-            self._cache.clear()
-            self._layer = layer
-        nbytes = len(experts) * tensor.expert_bytes
-        try:
-            dev = self.cp.empty((len(experts), tensor.n_out, tensor.row_bytes), self.cp.uint8)
-            for j, e in enumerate(experts):
-                dev[j].set(np.ascontiguousarray(tensor.expert(int(e))))
-        except self.cp.cuda.memory.OutOfMemoryError:
-            free, total = self.cp.cuda.runtime.memGetInfo()
-            raise DeviceOutOfMemory(
-                f"GPU out of memory uploading {tensor.name} (layer {layer}): {nbytes} bytes asked, "
-                f"{free} of {total} free") from None
-        self.uploaded_bytes += nbytes
-        if layer is not None:
-            self._cache[key] = (dev, tensor._mm)       # hold the buffer so its id stays unique
-        return dev
+    def _weights(self, tensor, experts: np.ndarray):
+        """Device copy of the given experts of `tensor` (n_sel, n_out, row_bytes) as uint8."""
+        return self.uploader.get(tensor, experts)
+
+    def prefetch_layer(self, layer, x, act="f32"):
+        """Route x through `layer` and start uploading its selected experts (isolated runs know the
+        next layer's input in advance, so its bytes can travel while this layer computes)."""
+        from ..moe import route
+        if layer.is_moe:
+            _, ids, _ = route(layer, x, self, act)
+            roles = ("gate_exps", "up_exps", "down_exps")
+        else:
+            ids, roles = np.zeros((1, 1), np.int64), ("gate", "up", "down")
+        experts = np.unique(ids)
+        for r in roles:
+            self.uploader.prefetch(layer[r], experts)
 
     def _fn(self, kind: str, qt):
         return self.module.get_function(f"{kind}_{qt.name}")
