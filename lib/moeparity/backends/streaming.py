@@ -79,7 +79,7 @@ class ExpertUploader:
         k = self.key(tensor, experts)
         hit = self.entries.get(k)
         if hit is not None:
-            dev, event, _ = hit[1].result() if hasattr(hit[1], "result") else hit[1]
+            dev, event = (hit[1].result() if hasattr(hit[1], "result") else hit[1])[:2]
             if event is not None:
                 self.cp.cuda.get_current_stream().wait_event(event)
                 self.prefetch_hits += 1
