@@ -6,6 +6,9 @@ Shapes are Qwen3-30B-A3B's expert FFN: gate/up 768×2048 and down 2048×768, 8 s
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -35,6 +38,30 @@ def _baseline(T: QTensor, ids, x):
     return out
 
 
+_PROBE = """
+import time, numpy as np
+t = time.perf_counter()
+from moeparity.backends.cpu import CpuBackend
+from moeparity.gguf_model import QTensor
+T = QTensor.from_weights("probe", np.full((1, 16, 256), 0.1, np.float32), "Q4_K")
+t = time.perf_counter()
+CpuBackend().matvec(T, np.ones((1, 256), np.float32))
+print(time.perf_counter() - t)
+"""
+
+
+def compile_times() -> tuple[float, float]:
+    """First kernel call in a fresh process with an empty numba cache, then in a second process
+    that finds the cache the first one wrote."""
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, NUMBA_CACHE_DIR=d)
+        lib = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = lib + os.pathsep + env.get("PYTHONPATH", "")
+        out = [float(subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                                    check=True).stdout.split()[-1]) for _ in range(2)]
+    return out[0], out[1]
+
+
 def run(quick: bool = False) -> str:
     rng = np.random.default_rng(0)
     cpu = CpuBackend()
@@ -44,6 +71,7 @@ def run(quick: bool = False) -> str:
     t = time.perf_counter()
     cpu.matvec(probe, rng.standard_normal((1, 256)).astype(np.float32))
     first_call = time.perf_counter() - t
+    cold, warm = compile_times()
     bw = memory_bandwidth()
     rows = []
     for q in qnames:
@@ -63,8 +91,9 @@ def run(quick: bool = False) -> str:
         "",
         f"Machine: {machine()}; numba threads: {os.environ.get('NUMBA_NUM_THREADS', os.cpu_count())}.",
         f"Host copy bandwidth measured in the same run: **{bw:.1f} GB/s** (read + write).",
-        f"First kernel call in this process (numba compile, or load from its on-disk cache): {first_call:.2f} s;"
-        " excluded from the numbers below.",
+        f"Numba compile time, excluded from the numbers below: first call in a fresh process with an empty "
+        f"cache **{cold:.1f} s**; in a second process that finds numba's on-disk cache {warm:.2f} s "
+        f"(this process: {first_call:.2f} s).",
         "Baseline: `gguf.quants.dequantize` of the 8 selected experts + numpy `x @ W.T`, same inputs, same run.",
         "GB/s counts quantized weight bytes read once; '% bw' is that over the copy bandwidth.",
         "",

@@ -142,6 +142,24 @@ def _dot_q8_0(r, o, x, n):
 
 
 @njit(fastmath=True, cache=True)
+def _dot_q5_0(r, o, x, n):
+    """One token, Q5_0: Σ_b d_b · Σ_j (q_j − 16) x_j straight from the bytes."""
+    acc = np.float32(0.0)
+    for b in range(n // 32):
+        p = o + b * 22
+        qh = np.int64(_u16(r, p + 2) | (_u16(r, p + 4) << np.uint32(16)))
+        src = r[p + 6:p + 22]
+        xl, xh = x[b * 32:b * 32 + 16], x[b * 32 + 16:b * 32 + 32]
+        s = np.float32(0.0)
+        for j in range(src.shape[0]):
+            q = np.int64(src[j])
+            s += np.float32(((q & 15) | (((qh >> j) & 1) << 4)) - 16) * xl[j]
+            s += np.float32(((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16) * xh[j]
+        acc += h2f(_u16(r, p)) * s
+    return acc
+
+
+@njit(fastmath=True, cache=True)
 def _dot_q4_k(r, o, x, n):
     """One token, Q4_K: per 32-weight sub-block d·Σq·x − m·Σx, straight from the bytes."""
     acc = np.float32(0.0)
@@ -376,10 +394,12 @@ def moe_matvec(W, qid, chunk, chunk_bytes, n_in, gexp, gstart, mx, mo, X, out):
         for r in range(r0, r1):
             row = W[gexp[g], r]
             acc[:] = 0.0
-            if m1 - m0 == 1 and (qid == T_Q8_0 or qid == T_Q4_K or qid == T_Q6_K):
+            if m1 - m0 == 1 and (qid == T_Q8_0 or qid == T_Q4_K or qid == T_Q6_K or qid == T_Q5_0):
                 # one token: fused straight from the bytes, no decode buffer
                 if qid == T_Q8_0:
                     acc[0] = _dot_q8_0(row, 0, X[mx[m0]], n_in)
+                elif qid == T_Q5_0:
+                    acc[0] = _dot_q5_0(row, 0, X[mx[m0]], n_in)
                 elif qid == T_Q4_K:
                     acc[0] = _dot_q4_k(row, 0, X[mx[m0]], n_in)
                 else:
