@@ -282,3 +282,31 @@ def test_hostile_string_length_is_a_clear_error(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(ModelFileError):
         Model.open(p)
+
+
+def test_corrupted_headers_give_typed_errors_only(tiny, tmp_path, rng):
+    """Random byte flips in the header: opening either works or raises a MoeParityError — never
+    another exception, never a hang on an absurd count."""
+    data = open(tiny, "rb").read()
+    p = tmp_path / "fz.gguf"
+    for _ in range(60):
+        d = bytearray(data)
+        for i in rng.integers(8, 12000, size=int(rng.integers(1, 4))):
+            d[i] = int(rng.integers(0, 256))
+        p.write_bytes(bytes(d))
+        try:
+            m = Model.open(p)
+            for i in range(m.hparams.n_layer):
+                try:
+                    m.layer(i)
+                except MoeParityError:
+                    pass
+        except MoeParityError:
+            pass
+
+
+def test_implausible_hparams(tmp_path):
+    p = _write(tmp_path / "a.gguf", "qwen3moe", [("blk.0.ffn_norm.weight", np.ones(32, np.float32))],
+               keys=[("expert_count", 8), ("expert_used_count", 9)])
+    with pytest.raises(ModelFileError, match="expert_used_count"):
+        Model.open(p)

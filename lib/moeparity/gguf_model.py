@@ -289,9 +289,16 @@ class Model:
         n_ff_exp = self.key("expert_feed_forward_length", 0)
         if n_expert and not n_ff_exp:
             n_ff_exp = n_ff                     # mixtral-style files carry only feed_forward_length
+        n_used = int(self.key("expert_used_count", 0) if n_expert else 0)
+        for what, v, lo, hi in (("block_count", n_layer, 1, 4096), ("embedding_length", n_embd, 1, 1 << 20),
+                                ("expert_count", n_expert, 0, 1 << 16), ("expert_used_count", n_used, 0, n_expert)):
+            if not isinstance(v, int) or not lo <= v <= hi:
+                raise ModelFileError(f"{self.path}: implausible {a.name}.{what} = {v!r} (expected {lo}..{hi})")
+        if n_expert and n_used < 1:
+            raise ModelFileError(f"{self.path}: {a.name}.expert_used_count missing or 0 for a MoE model")
         return HParams(
             arch=a.name, n_layer=int(n_layer), n_embd=int(n_embd), n_ff=int(n_ff), n_ff_exp=int(n_ff_exp),
-            n_expert=int(n_expert), n_expert_used=int(self.key("expert_used_count", 0) if n_expert else 0),
+            n_expert=int(n_expert), n_expert_used=n_used,
             n_expert_shared=int(self.key("expert_shared_count", 0)),
             n_ff_shexp=int(self.key("expert_shared_feed_forward_length", 0)),
             n_leading_dense=int(self.key("leading_dense_block_count", 0)),
