@@ -8,6 +8,7 @@ reduction, same activation-mode inputs (gpu_layout.py). Every output is labelled
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from ..qtypes import QTYPES
 from ..quant import dequant as dq
@@ -38,36 +39,46 @@ def _split(blocks: np.ndarray, name: str):
     return a.reshape(nb, 256), dmin * mn.astype(F32)
 
 
-def kernel_dot(Wrows: np.ndarray, X: np.ndarray, cw: int, mins: np.ndarray | None = None,
-               S: np.ndarray | None = None) -> np.ndarray:
-    """The kernel's reduction of one row per pair: Wrows (P, n), X (P, n) → (P,) float32.
+@njit(parallel=True, cache=True)
+def kernel_rows(W, X, cw, M, S, split, out):
+    """out[p, r] = the kernel's reduction of W[r] · X[p] (no fastmath: every float32 op in order).
 
     Chunks of cw weights; in a chunk lane L takes units (32 weights) L, L+32, …; per unit it adds
-    the unit's four sequential 8-term sums in order; then the xor butterfly.
+    its four sequential 8-term sums (the first minus M[r, u]·S[p, u] in split q8_1 mode) in order;
+    lanes without a unit add 0; then the xor butterfly, lane 0's value.
     """
-    P, n = Wrows.shape
-    prod = (Wrows * X).reshape(P, n // L.GROUP, L.GROUP)
-    s = prod[:, :, 0].copy()
-    for j in range(1, L.GROUP):
-        s = s + prod[:, :, j]
-    if mins is not None:                                    # once per 32 weights: first group of a unit
-        s[:, ::4] = s[:, ::4] - (mins * S).astype(F32)
-    units = s.reshape(P, -1, 4)
-    per_chunk = cw // L.UNIT
-    acc = np.zeros((P, L.LANES), F32)
-    for c0 in range(0, units.shape[1], per_chunk):
-        chunk = units[:, c0:c0 + per_chunk]
-        pad = (-chunk.shape[1]) % L.LANES
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((P, pad, 4), F32)], axis=1)
-        chunk = chunk.reshape(P, -1, L.LANES, 4)
-        for k in range(chunk.shape[1]):
-            for q in range(4):
-                acc = acc + chunk[:, k, :, q]
-    lanes = np.arange(L.LANES)
-    for off in (16, 8, 4, 2, 1):
-        acc = acc + acc[:, lanes ^ off]
-    return acc[:, 0]
+    R, n = W.shape
+    P = X.shape[0]
+    nunits = n // 32
+    upc = cw // 32
+    for job in prange(P * R):
+        p = job // R
+        r = job % R
+        acc = np.zeros(32, np.float32)
+        for c0 in range(0, nunits, upc):
+            cu = min(upc, nunits - c0)
+            for kk in range((cu + 31) // 32):
+                for q in range(4):
+                    for lane in range(32):
+                        u = c0 + kk * 32 + lane
+                        if u < c0 + cu:
+                            e = u * 32 + q * 8
+                            s = W[r, e] * X[p, e]
+                            for j in range(1, 8):
+                                s = s + W[r, e + j] * X[p, e + j]
+                            if split and q == 0:
+                                s = s - M[r, u] * S[p, u]
+                            acc[lane] = acc[lane] + s
+                        else:
+                            acc[lane] = acc[lane] + np.float32(0.0)
+        off = 16
+        while off > 0:
+            nxt = np.empty(32, np.float32)
+            for lane in range(32):
+                nxt[lane] = acc[lane] + acc[lane ^ off]
+            acc = nxt
+            off //= 2
+        out[p, r] = acc[0]
 
 
 class EmulatedCudaBackend(Backend):
@@ -97,12 +108,13 @@ class EmulatedCudaBackend(Backend):
         flat = ids.reshape(-1)
         for e in np.unique(flat):
             W, M = self._rows(tensor, qt, e, split)
-            for p in np.nonzero(flat == e)[0]:
-                xs = np.broadcast_to(Xq[p], W.shape)
-                if split:
-                    out[p] = kernel_dot(W, xs, cw, M, np.broadcast_to(S[p], M.shape))
-                else:
-                    out[p] = kernel_dot(W, xs, cw)
+            sel = np.nonzero(flat == e)[0]
+            res = np.empty((len(sel), tensor.n_out), F32)
+            if M is None:
+                M = np.zeros((1, 1), F32)
+            kernel_rows(np.ascontiguousarray(W, F32), np.ascontiguousarray(Xq[sel]), cw, M,
+                        np.ascontiguousarray(S[sel], F32), split, res)
+            out[sel] = res
         return out.reshape(T, k, tensor.n_out)
 
     def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):
