@@ -1,9 +1,10 @@
 """emulated-cuda: the CUDA kernels' algorithm on the CPU, for machines without a GPU.
 
 Same weights (the kernels' decode8 computes exactly quant/dequant.py's float32 values: no FMA,
-same operation order), same per-lane partial sums (lane L owns the 32-weight units U ≡ L mod 32;
-each unit adds its four sequential 8-term sums in order), same q8_1 min terms, same xor-butterfly
-reduction, same activation-mode inputs (gpu_layout.py). Every output is labelled emulated.
+same operation order), same per-lane partial sums (in each chunk of CW weights lane L takes the
+32-weight units L, L+32, …; each unit adds its four sequential 8-term sums in order), same q8_1 min
+terms, same xor-butterfly reduction, same chunk size and activation-mode inputs (gpu_layout.py),
+in numba without fastmath. Every output is labelled emulated.
 """
 from __future__ import annotations
 
