@@ -310,3 +310,15 @@ def test_implausible_hparams(tmp_path):
                keys=[("expert_count", 8), ("expert_used_count", 9)])
     with pytest.raises(ModelFileError, match="expert_used_count"):
         Model.open(p)
+
+
+def test_unknown_tensor_type_id_says_so(tiny, tmp_path):
+    data = bytearray(open(tiny, "rb").read())
+    name = b"blk.0.ffn_gate_exps.weight"
+    i = data.index(name) + len(name)
+    t = i + 4 + 3 * 8                                    # after n_dims and the 3 dims: the type id
+    data[t:t + 4] = (250).to_bytes(4, "little")
+    p = tmp_path / "newer.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="type this gguf-py does not know"):
+        Model.open(p)

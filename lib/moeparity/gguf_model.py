@@ -265,6 +265,9 @@ class Model:
             reader = _HeaderReader(path, "r")
         except (ValueError, IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError,
                 struct.error) as e:
+            if "GGMLQuantizationType" in str(e):
+                raise ModelFileError(f"{path}: a tensor has a type this gguf-py does not know ({e}); "
+                                     f"the file may be newer than the installed gguf package") from None
             raise ModelFileError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
         return cls(path, reader)
 
