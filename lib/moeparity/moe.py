@@ -34,10 +34,6 @@ class LayerResult:
         return self.stages["ffn_out"]
 
 
-def _dtype(backend):
-    return np.float64 if getattr(backend, "name", "") == "oracle" else np.float32
-
-
 def _softmax(z):
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -79,7 +75,7 @@ def _bias(layer, role, ids, dt):
 def route(layer, x, backend, act="f32"):
     """Router stages: logits (T, E), selected ids (T, k), their weights (T, k)."""
     hp = layer.model.hparams
-    dt = _dtype(backend)
+    dt = backend.dtype
     logits = backend.matvec(layer["router"], x, act=act).astype(dt) + _bias(layer, "router_bias", None, dt)
     k = hp.n_expert_used
     if hp.gating == "softmax":
@@ -125,7 +121,7 @@ def ffn_forward(layer, x: np.ndarray, backend, capture: str = "expert", act: str
     if capture not in CAPTURE_LEVELS:
         raise BadArgument(f"capture must be one of {CAPTURE_LEVELS}, not {capture!r}")
     hp = layer.model.hparams
-    dt = _dtype(backend)
+    dt = backend.dtype
     x = np.asarray(x, np.float32).reshape(-1, hp.n_embd)
     T = x.shape[0]
     res = LayerResult(layer.index, getattr(backend, "label", backend.name))

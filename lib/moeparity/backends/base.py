@@ -17,6 +17,7 @@ class Backend:
     name: str = "?"
     label: str = "?"                      # what outputs show (e.g. "emulated-cuda (no GPU)")
     act_modes: tuple[str, ...] = ("f32",)
+    dtype = np.float32                    # precision of the glue around matvec (moe.py): engines are float32
     implements: tuple[str, ...] = tuple(QTYPES)   # rows of qtypes.py this backend has kernels for
 
     def __init__(self):

@@ -20,8 +20,8 @@ T_IQ4_NL, T_IQ4_XS, T_MXFP4 = QTYPES["IQ4_NL"].id, QTYPES["IQ4_XS"].id, QTYPES["
 CHUNK = 256             # weights decoded per step; only a row's tail chunk may be shorter
 
 KV_IQ4 = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
-BYTES32 = np.zeros(64, np.int64)        # bytes per 32-block by qtype id, for the 32-block rows
-for _n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4"):
+BYTES32 = np.zeros(64, np.int64)        # bytes per 32-block by qtype id, for the rows _decode32 serves
+for _n in ("Q4_1", "Q5_1", "IQ4_NL", "MXFP4"):
     BYTES32[QTYPES[_n].id] = QTYPES[_n].nbytes
 KV_MX = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
 
@@ -65,30 +65,13 @@ def _scale_min_k4(r, o, j):
 
 @njit(inline="always", cache=True)
 def _decode32(qid, r, o, buf, p):
-    """One 32-weight block of a legacy / IQ4_NL / MXFP4 row at byte o into buf[p:p+32]."""
-    if qid == T_Q8_0:
-        d = h2f(_u16(r, o))
-        for j in range(32):
-            buf[p + j] = np.float32(np.int8(r[o + 2 + j])) * d
-    elif qid == T_Q4_0:
-        d = h2f(_u16(r, o))
-        for j in range(16):
-            q = np.int32(r[o + 2 + j])
-            buf[p + j] = d * np.float32((q & 15) - 8)
-            buf[p + j + 16] = d * np.float32((q >> 4) - 8)
-    elif qid == T_Q4_1:
+    """One 32-weight block of a Q4_1 / Q5_1 / IQ4_NL / MXFP4 row at byte o into buf[p:p+32]."""
+    if qid == T_Q4_1:
         d, m = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
         for j in range(16):
             q = np.int32(r[o + 4 + j])
             buf[p + j] = d * np.float32(q & 15) + m
             buf[p + j + 16] = d * np.float32(q >> 4) + m
-    elif qid == T_Q5_0:
-        d = h2f(_u16(r, o))
-        qh = np.int64(_u16(r, o + 2) | (_u16(r, o + 4) << np.uint32(16)))
-        for j in range(16):
-            q = np.int32(r[o + 6 + j])
-            buf[p + j] = d * np.float32(((q & 15) | (((qh >> j) & 1) << 4)) - 16)
-            buf[p + j + 16] = d * np.float32(((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16)
     elif qid == T_Q5_1:
         d, m = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
         qh = np.int64(_u16(r, o + 4) | (_u16(r, o + 6) << np.uint32(16)))
@@ -281,35 +264,17 @@ def decode(qid, r, o, buf, n):
         _dec_q4_0(r, o, buf, n)
     elif qid == T_Q5_0:
         _dec_q5_0(r, o, buf, n)
-    elif qid == T_Q4_K or qid == T_Q5_K:
+    elif qid == T_Q5_K:
         d, dmin = h2f(_u16(r, o)), h2f(_u16(r, o + 2))
         for c in range(4):
             sc0, mn0 = _scale_min_k4(r, o + 4, 2 * c)
             sc1, mn1 = _scale_min_k4(r, o + 4, 2 * c + 1)
             d0, m0, d1, m1 = d * sc0, dmin * mn0, d * sc1, dmin * mn1
-            if qid == T_Q4_K:
-                for l in range(32):
-                    q = np.int32(r[o + 16 + c * 32 + l])
-                    buf[c * 64 + l] = d0 * np.float32(q & 15) - m0
-                    buf[c * 64 + 32 + l] = d1 * np.float32(q >> 4) - m1
-            else:
-                for l in range(32):
-                    q = np.int32(r[o + 48 + c * 32 + l])
-                    h = np.int32(r[o + 16 + l])
-                    buf[c * 64 + l] = d0 * np.float32((q & 15) | (((h >> (2 * c)) & 1) << 4)) - m0
-                    buf[c * 64 + 32 + l] = d1 * np.float32((q >> 4) | (((h >> (2 * c + 1)) & 1) << 4)) - m1
-    elif qid == T_Q6_K:
-        d = h2f(_u16(r, o + 208))
-        for h in range(2):
-            for k in range(4):
-                lo_off = o + h * 64 + (k % 2) * 32
-                lo_sh = 4 * (k // 2)
-                for half in range(2):
-                    dl = d * np.float32(np.int8(r[o + 192 + h * 8 + k * 2 + half]))
-                    for l in range(half * 16, half * 16 + 16):
-                        q = ((np.int32(r[lo_off + l]) >> lo_sh) & 15) | \
-                            (((np.int32(r[o + 128 + h * 32 + l]) >> (2 * k)) & 3) << 4)
-                        buf[h * 128 + k * 32 + l] = dl * np.float32(q - 32)
+            for l in range(32):
+                q = np.int32(r[o + 48 + c * 32 + l])
+                h = np.int32(r[o + 16 + l])
+                buf[c * 64 + l] = d0 * np.float32((q & 15) | (((h >> (2 * c)) & 1) << 4)) - m0
+                buf[c * 64 + 32 + l] = d1 * np.float32((q >> 4) | (((h >> (2 * c + 1)) & 1) << 4)) - m1
     elif qid == T_Q2_K:
         d, dmin = h2f(_u16(r, o + 80)), h2f(_u16(r, o + 82))
         for h in range(2):

@@ -7,7 +7,6 @@ larger than GPU memory works. Out-of-memory becomes DeviceOutOfMemory naming the
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
@@ -19,7 +18,6 @@ from .streaming import ExpertUploader
 
 KERNEL_DIR = os.path.join(os.path.dirname(__file__), "kernels")
 NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")     # no FMA contraction: emulated.py reproduces every sum
-_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 
 
 def cuda_available() -> bool:

@@ -15,6 +15,7 @@ from .base import Backend, check_shapes
 class OracleBackend(Backend):
     name = label = "oracle"
     act_modes = ("f32",)
+    dtype = np.float64
 
     def weights(self, tensor, expert: int) -> np.ndarray:
         qt = QTYPES[self.dispatch(tensor.type_id, tensor.name)]
