@@ -1,62 +1,140 @@
-"""emulated-cuda's numba reduction equals an independent numpy statement of the kernel's order
-(the numpy form was checked bit-for-bit against the H200; see BENCHMARKS.md)."""
+"""emulated-cuda's arithmetic: its fma is the correctly rounded one (checked against exact rational
+arithmetic), and its numba reduction equals an independent numpy statement of the kernel's order
+(the GPU run checks the numba emulation against the real kernels bit for bit: tests/test_gpu.py)."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
 from moeparity.backends import gpu_layout as L
-from moeparity.backends.emulated import kernel_rows
+from moeparity.backends.emulated import fmaf, group_sums, kernel_rows
+from moeparity.qtypes import QTYPES
+from moeparity.quant import dequant as dq
+from moeparity.quant import quantize as _quantize
 
 F32 = np.float32
 
 
-def reference(W, X, cw, mins=None, S=None):
-    """Vectorised over lanes: products, sequential 8-sums, min term once per 32, lane-ordered adds, butterfly."""
-    P, n = W.shape
-    prod = (W * X).reshape(P, n // 8, 8)
-    s = prod[:, :, 0].copy()
+def quantize(w, qt):
+    return np.asarray(_quantize(w, qt.name)).reshape(-1, qt.nbytes)
+
+
+def round_f32(v: Fraction) -> F32:
+    """Exact rational → nearest float32 (ties to even), by integer arithmetic: no double rounding."""
+    if v == 0:
+        return F32(0.0)
+    sign, m = (-1 if v < 0 else 1), abs(v)
+    e = m.numerator.bit_length() - m.denominator.bit_length()
+    if Fraction(2) ** e > m:
+        e -= 1
+    e = max(e, -126)                                   # subnormals keep the fixed quantum 2^-149
+    scaled = m / Fraction(2) ** (e - 23)
+    n, rem = divmod(scaled.numerator, scaled.denominator)
+    if 2 * rem > scaled.denominator or (2 * rem == scaled.denominator and n & 1):
+        n += 1
+    return F32(sign * float(Fraction(n) * Fraction(2) ** (e - 23)))
+
+
+def test_round_f32_reference_agrees_with_numpy_on_doubles(rng):
+    for v in rng.standard_normal(2000) * 10.0 ** rng.integers(-30, 30, 2000):
+        assert round_f32(Fraction(float(v))) == F32(v)
+
+
+def test_fmaf_is_correctly_rounded(rng):
+    n = 4000
+    a = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(F32)
+    b = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(F32)
+    c = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 8, n)).astype(F32)
+    c[: n // 2] = (-(a[: n // 2].astype(np.float64) * b[: n // 2])).astype(F32)   # cancellation
+    # near ties: c a float32 and a·b close to half an ulp of it
+    c[n // 2: 3 * n // 4] = F32(1.0)
+    a[n // 2: 3 * n // 4] = F32(2.0 ** -24) * (1 + rng.integers(0, 3, n // 4)).astype(F32)
+    b[n // 2: 3 * n // 4] = (1 + rng.integers(-2, 3, n // 4) * 2.0 ** -23).astype(F32)
+    plain_misses = 0
+    for x, y, z in zip(a, b, c):
+        want = round_f32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+        got = fmaf(x, y, z)
+        assert got == want or (got == 0 and want == 0), (x, y, z, got, want)
+        plain_misses += F32(F32(x * y) + z) != want
+    assert plain_misses > 0, "mul-then-add agreed everywhere: the test could not tell fma from it"
+
+
+def fma_np(a, b, c):
+    """Vectorised round-to-odd fma (separate code from emulated.fmaf)."""
+    p = a.astype(np.float64) * b
+    s = p + c
+    t = s - p
+    err = (p - (s - t)) + (c - t)
+    mant, _ = np.frexp(s)
+    even = (np.ldexp(mant, 53).astype(np.int64) & 1) == 0
+    bump = (err != 0) & even & np.isfinite(s)
+    s = np.where(bump, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(F32)
+
+
+def reference(Q, DL, ML, x, sig, cw, uses_min):
+    """Vectorised over rows: group dot (fma chain), dl/ml fmas, per-lane unit order, butterfly."""
+    R, n = Q.shape
+    G = n // 8
+    xg = np.broadcast_to(x.reshape(1, G, 8), (R, G, 8))
+    qg = Q.reshape(R, G, 8)
+    s = (qg[:, :, 0] * xg[:, :, 0]).astype(F32)
     for j in range(1, 8):
-        s = s + prod[:, :, j]
-    if mins is not None:
-        s[:, ::4] = s[:, ::4] - (mins * S).astype(F32)
-    units = s.reshape(P, -1, 4)
-    per_chunk = cw // 32
-    acc = np.zeros((P, 32), F32)
-    for c0 in range(0, units.shape[1], per_chunk):
-        chunk = units[:, c0:c0 + per_chunk]
-        pad = (-chunk.shape[1]) % 32
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((P, pad, 4), F32)], axis=1)
-        chunk = chunk.reshape(P, -1, 32, 4)
-        for k in range(chunk.shape[1]):
-            for q in range(4):
-                acc = acc + chunk[:, k, :, q]
+        s = fma_np(qg[:, :, j], xg[:, :, j], s)
+    acc = np.zeros((R, 32), F32)
+    upc = cw // 32
+    for u in range(n // 32):
+        lane = (u % upc) % 32
+        a = acc[:, lane]
+        for g in range(4 * u, 4 * u + 4):
+            a = fma_np(DL[:, g], s[:, g], a)
+            if uses_min:
+                a = fma_np(-ML[:, g], np.full(R, sig[g], F32), a)
+        acc[:, lane] = a
     lanes = np.arange(32)
     for off in (16, 8, 4, 2, 1):
         acc = acc + acc[:, lanes ^ off]
     return acc[:, 0]
 
 
-@pytest.mark.parametrize("n,cw", [(96, 2048), (512, 256), (2048, 1024), (2048, 2048), (768, 512), (4096, 1024)])
-@pytest.mark.parametrize("split", [False, True])
-def test_numba_emulation_matches_reference_bit_for_bit(n, cw, split, rng):
-    R, P = 7, 3
-    W = (rng.standard_normal((R, n)) * rng.uniform(0.01, 10)).astype(F32)
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q4_1", "Q2_K", "F16"])
+@pytest.mark.parametrize("n,cw", [(256, 256), (768, 768), (2048, 1024), (2048, 2048), (4096, 1024)])
+def test_numba_emulation_matches_reference_bit_for_bit(qtype, n, cw, rng):
+    qt = QTYPES[qtype]
+    R, P = 6, 2
+    w = (rng.standard_t(5, size=(R, n)) * rng.uniform(0.01, 1)).astype(F32)
+    q, dl, ml = dq.parts8(quantize(w, qt), qt)
+    Q, DL, ML = q.reshape(R, n), dl.reshape(R, -1), ml.reshape(R, -1)
     X = rng.standard_normal((P, n)).astype(F32)
-    M = rng.standard_normal((R, n // 32)).astype(F32) if split else np.zeros((1, 1), F32)
-    S = rng.standard_normal((P, n // 32)).astype(F32) if split else np.zeros((P, 1), F32)
+    sig = group_sums(X)
+    uses_min = qtype in L.USES_MIN
     out = np.empty((P, R), F32)
-    kernel_rows(W, X, cw, M, S, split, out)
+    kernel_rows(Q, DL, ML, X, sig, cw, uses_min, out)
     for p in range(P):
-        want = reference(W, np.broadcast_to(X[p], W.shape), cw,
-                         M if split else None, np.broadcast_to(S[p], M.shape) if split else None)
-        assert np.array_equal(out[p], want)
+        assert np.array_equal(out[p], reference(Q, DL, ML, X[p], sig[p], cw, uses_min))
 
 
 def test_order_matters_so_the_test_can_fail(rng):
-    """A plain float32 dot differs from the kernel order on these inputs: equality above is not vacuous."""
-    W = (rng.standard_normal((16, 2048)) * 100).astype(F32)
+    """A plain float32 dot of the dequantised weights differs from the kernel order: equality above
+    is not vacuous."""
+    qt = QTYPES["Q4_K"]
+    w = (rng.standard_normal((16, 2048)) * 100).astype(F32)
+    blocks = quantize(w, qt)
+    q, dl, ml = dq.parts8(blocks, qt)
     X = rng.standard_normal((1, 2048)).astype(F32)
     out = np.empty((1, 16), F32)
-    kernel_rows(W, X, 1024, np.zeros((1, 1), F32), np.zeros((1, 1), F32), False, out)
+    kernel_rows(q.reshape(16, -1), dl.reshape(16, -1), ml.reshape(16, -1), X, group_sums(X), 1024, True, out)
+    W = dq.dequantize_blocks(blocks, qt).reshape(16, 2048)
     assert not np.array_equal(out[0], (W @ X[0]).astype(F32))
-    assert L.UNIT == 32
+    assert np.allclose(out[0], W.astype(np.float64) @ X[0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("qtype", [q for q in QTYPES])
+def test_parts_give_the_dequantised_weights(qtype, rng):
+    """dl·q − ml in float32 (what the kernels' dequant entry computes) is gguf-py's weight."""
+    qt = QTYPES[qtype]
+    w = (rng.standard_t(5, size=(4, 512)) * 0.1).astype(F32)
+    blocks = quantize(w, qt)
+    q, dl, ml = dq.parts8(blocks, qt)
+    got = (dl[:, :, None] * q.reshape(q.shape[0], -1, 8) - ml[:, :, None]).reshape(-1)
+    assert np.array_equal(got, dq.dequantize_blocks(blocks, qt).reshape(-1))

@@ -76,21 +76,34 @@ def test_streaming_uploads_only_selected_experts(tiny, gpu):
     assert gpu.uploaded_bytes - before <= m.hparams.n_expert_used * per_expert + lay["router"].nbytes
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "F16"])
-def test_many_experts_take_the_prefetching_kernel(gpu, qtype, rng):
-    """128 experts × 520 rows: grid large enough for 4 rows per warp (cp.async double buffering),
-    including a last block whose rows run past R."""
-    from moeparity.backends import gpu_layout as L
-    E, R, n_in = 128, 520, 256
-    assert L.rows_per_warp(R, E) == 4
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "F16", "MXFP4"])
+@pytest.mark.parametrize("ntok", [1, 2])
+def test_many_experts_multi_row_warps(gpu, qtype, ntok, rng):
+    """128 experts × 520 rows (a last block whose rows run past R), rows of 768 (Q6_K rows that are
+    not 16-byte aligned); 1 token takes the 4-rows-per-warp single-member kernel."""
+    E, R, n_in = 128, 520, 768
     w = (rng.standard_normal((E, R, n_in)) * 0.05).astype(np.float32)
     T = QTensor.from_weights("big", w, qtype)
-    ids = np.tile(np.arange(E), (2, 1))
-    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    ids = np.tile(np.arange(E), (ntok, 1))
+    x = rng.standard_normal((ntok, n_in)).astype(np.float32)
     y = gpu.moe_matvec(T, ids, x)
     assert np.array_equal(y, backends.get("emulated-cuda").moe_matvec(T, ids, x))
     yo, mag = backends.get("oracle").moe_matvec(T, ids, x, magnitude=True)
     assert (np.abs(y - yo) <= n_in * U * mag + 1e-30).all()
+
+
+@pytest.mark.parametrize("qtype", list(QTYPES))
+def test_dequant_kernel_is_gguf_exact(gpu, qtype, rng):
+    import cupy as cp
+    from moeparity.quant import dequant as dq
+    qt = QTYPES[qtype]
+    w = (rng.standard_t(5, size=(64, 512)) * 0.1).astype(np.float32)
+    raw = np.ascontiguousarray(QTensor.from_weights("t", w, qtype).raw())        # (64, row_bytes)
+    out = cp.empty((64, 512), cp.float32)
+    per = 64 * 512 // 32
+    gpu.module.get_function(f"dequant_{qtype}")(((per + 255) // 256,), (256,), (
+        cp.asarray(raw), np.int32(raw.shape[1]), np.int32(512), np.int64(64), out))
+    assert np.array_equal(cp.asnumpy(out), dq.dequantize(raw, qt))
 
 
 def test_prefetch_double_buffering_gives_identical_results(tiny):

@@ -76,51 +76,60 @@ class CudaBackend(Backend):
         for r in roles:
             self.uploader.prefetch(layer[r], experts)
 
-    def _fn(self, kind: str, qt):
-        return self.module.get_function(f"{kind}_{qt.name}")
-
-    def _launch_common(self, tensor, ids, x, act):
+    def _launch(self, tensors, ids, x, act, kind="silu", alpha=0.0, limit=0.0):
+        """One launch of the matvec (one tensor) or gate+up (two tensors) kernel → host outputs."""
         self.check_act(act)
-        qt = QTYPES[self.dispatch(tensor.type_id, tensor.name)]
-        L.check_n_in(tensor, act)
-        ids, xb = check_shapes(tensor, ids, x)
+        first = tensors[0]
+        qt = QTYPES[self.dispatch(first.type_id, first.name)]
+        L.check_n_in(first, act)
+        ids, xb = check_shapes(first, ids, x)
         T, k = ids.shape
         shared = np.asarray(x).ndim == 2
         X = np.asarray(x if shared else xb.reshape(T * k, -1), np.float32)
-        experts, start, mx, mo = L.layout(ids, shared)
-        W = self._weights(tensor, experts)
-        Xq, S, mode = L.activations(X, qt, act)
-        cp = self.cp
-        args = dict(W=W, gexp=cp.arange(len(experts), dtype=cp.int32), gstart=cp.asarray(start),
-                    mx=cp.asarray(mx), mo=cp.asarray(mo), X=cp.asarray(Xq), S=cp.asarray(S), mode=mode,
-                    G=len(experts), T=T, k=k, qt=qt, tcap=L.tcap_of(start))
-        return args
+        experts = L.layout(ids, shared)[0]
+        Ws = [self._weights(t, experts) for t in tensors]
+        launch = Launch(self, qt, Ws, first.n_out, first.n_in, ids, X, act, kind, alpha, limit)
+        launch()
+        return [self.cp.asnumpy(o).reshape(T, k, first.n_out) for o in launch.outs]
 
     def moe_matvec(self, tensor, ids, x, act="f32"):
-        a = self._launch_common(tensor, ids, x, act)
-        cp, R = self.cp, tensor.n_out
-        out = cp.empty((a["T"] * a["k"], R), cp.float32)
-        rpw = L.rows_per_warp(R, a["G"])
-        grid = (-(-R // (L.WARPS * rpw)), a["G"])
-        cw = L.chunk_weights(a["qt"], a["tcap"])
-        self._fn("moe_matvec4" if rpw == 4 else "moe_matvec", a["qt"])(grid, (L.WARPS * 32,), (
-            a["W"], np.int64(tensor.expert_bytes), np.int32(R), np.int32(tensor.row_bytes), np.int32(tensor.n_in),
-            a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], out, np.int32(a["mode"]), np.int32(cw),
-            np.int32(a["tcap"])), shared_mem=L.smem_bytes(a["qt"], cw, a["tcap"]))
-        return cp.asnumpy(out).reshape(a["T"], a["k"], R)
+        return self._launch([tensor], ids, x, act)[0]
 
     def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):
         """Fused gate+up+act for the selected experts: one read of x, returns (gate, up, act)."""
-        a = self._launch_common(gate, ids, x, act)
-        Wu = self._weights(up, np.unique(ids))
-        cp, R = self.cp, gate.n_out
-        g, u, y = (cp.empty((a["T"] * a["k"], R), cp.float32) for _ in range(3))
-        grid = ((R + L.WARPS - 1) // L.WARPS, a["G"])
-        cw = L.chunk_weights(a["qt"], a["tcap"], nw=2)
-        self._fn("moe_gate_up", a["qt"])(grid, (L.WARPS * 32,), (
-            a["W"], Wu, np.int64(gate.expert_bytes), np.int32(R), np.int32(gate.row_bytes), np.int32(gate.n_in),
-            a["gexp"], a["gstart"], a["mx"], a["mo"], a["X"], a["S"], g, u, y, np.int32(a["mode"]),
-            np.int32(L.ACT_ID[kind]), np.float32(hp.swiglu_alpha), np.float32(hp.swiglu_limit), np.int32(cw),
-            np.int32(a["tcap"])), shared_mem=L.smem_bytes(a["qt"], cw, a["tcap"], nw=2))
-        shape = (a["T"], a["k"], R)
-        return tuple(cp.asnumpy(v).reshape(shape) for v in (g, u, y))
+        return tuple(self._launch([gate, up], ids, x, act, kind, hp.swiglu_alpha, hp.swiglu_limit))
+
+
+class Launch:
+    """A prepared kernel launch (device inputs and outputs allocated); calling it runs the kernel.
+
+    Ws: device weights of the experts used, (n_experts_used, R, row_bytes) each, in the order of
+    gpu_layout.layout(ids)'s experts, or whole tensors with `index` giving each used expert's
+    position in them; one tensor → moe_matvec*, two (gate, up) → moe_gate_up*.
+    The benchmark times these calls; the backend makes one per matvec.
+    """
+
+    def __init__(self, be, qt, Ws, R, n_in, ids, X, act="f32", kind="silu", alpha=0.0, limit=0.0, index=None):
+        cp = be.cp
+        T, k = ids.shape
+        experts, start, mx, mo = L.layout(ids, X.shape[0] == T)
+        Xq, S, mode = L.activations(X, qt, act)
+        nw = len(Ws)
+        tcap = L.tcap_of(start)
+        rpw, cw = L.rows_per_warp(tcap), L.chunk_weights(qt, tcap, n_in, nw)
+        row_bytes = n_in // qt.block * qt.nbytes
+        self.smem = L.smem_bytes(qt, cw, tcap, nw)
+        self.outs = [cp.empty((T * k, R), cp.float32) for _ in range(1 if nw == 1 else 3)]
+        self.fn = be.module.get_function(
+            f"{'moe_matvec' if nw == 1 else 'moe_gate_up'}{'1' if tcap == 1 else ''}_{qt.name}")
+        self.fn.max_dynamic_shared_size_bytes = self.smem
+        self.grid = (-(-R // (L.WARPS * rpw)), len(experts))
+        o = self.outs
+        self.args = (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
+                     cp.asarray(np.arange(len(experts)) if index is None else index, dtype=cp.int32),
+                     cp.asarray(start), cp.asarray(mx), cp.asarray(mo),
+                     cp.asarray(Xq), cp.asarray(S), o[0], o[1 % len(o)], o[2 % len(o)], np.int32(mode),
+                     np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit), np.int32(cw))
+
+    def __call__(self):
+        self.fn(self.grid, (L.WARPS * 32,), self.args, shared_mem=self.smem)

@@ -8,10 +8,14 @@ from ..errors import BadArgument
 from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
-WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 8, 8, 32, 8, 32, 36   # must match kernels/moe_matvec.cu
-SMEM_LIMIT = 48 * 1024                                         # default dynamic shared memory per block
+WARPS, MAXT, LANES, GROUP, UNIT, XSLOT, NBUF = 8, 8, 32, 8, 32, 36, 4   # must match kernels/moe_matvec.cu
+# Dynamic shared memory a block may use: fits every sm_80+ GPU's opt-in limit (sm_86/89: 99 KB).
+# A constant, not a device query: the chunk size it implies fixes lane ownership, which the
+# emulation (no device) must reproduce.
+SMEM_LIMIT = 96 * 1024
 ACT_ID = {"silu": 0, "gelu_tanh": 1, "swiglu_oai": 2}
-MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # min term from the q8_1 block sum
+MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # q8_1 mode: min term from the block sum
+USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kernels stage Σx per 8 weights
 
 
 def check_n_in(tensor, act: str):
@@ -20,28 +24,35 @@ def check_n_in(tensor, act: str):
 
 
 def tcap_of(start: np.ndarray) -> int:
-    """Members a block handles at once: the largest group, at most MAXT."""
-    return int(min(MAXT, max(1, np.diff(start).max(initial=1))))
+    """Members a block handles at once: 1 (the single-member kernels) or MAXT."""
+    return 1 if np.diff(start).max(initial=1) <= 1 else MAXT
+
+
+def buffer_stride(qt, cw: int) -> int:
+    """Bytes per weight buffer: a chunk plus the slack of its 16-byte-aligned copy."""
+    return (cw // qt.block * qt.nbytes + 31) & ~15
 
 
 def smem_bytes(qt, cw: int, tcap: int, nw: int = 1) -> int:
-    return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * 2 * nw * (cw // qt.block * qt.nbytes)   # 2: double buffer
+    return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * NBUF * nw * buffer_stride(qt, cw)
 
 
-def chunk_weights(qt, tcap: int, nw: int = 1) -> int:
-    """Weights per chunk (CW): the largest of 2048/1024/512/256 whose staging fits shared memory.
+def chunk_weights(qt, tcap: int, n_in: int, nw: int = 1) -> int:
+    """Weights per chunk (CW): the whole row when its staging fits shared memory, else the largest
+    of 4096/2048/1024/512/256 that does.
 
     It fixes which lane owns which unit, so the emulation must use the same value.
     """
-    for cw in (2048, 1024, 512, 256):
-        if smem_bytes(qt, cw, tcap, nw) <= SMEM_LIMIT:
+    whole = -(-n_in // UNIT) * UNIT
+    for cw in (whole, 4096, 2048, 1024, 512, 256):
+        if cw <= whole and smem_bytes(qt, cw, tcap, nw) <= SMEM_LIMIT:
             return cw
     raise BadArgument(f"{qt.name}: no chunk size fits shared memory")
 
 
-def rows_per_warp(n_rows: int, n_groups: int, sms: int = 132) -> int:
-    """4 rows per warp (prefetch overlap) when that still gives every SM several blocks, else 1."""
-    return 4 if n_groups * -(-n_rows // (WARPS * 4)) >= 4 * sms else 1
+def rows_per_warp(tcap: int) -> int:
+    """The single-member kernels walk 4 rows per warp, the MAXT-member ones 1 (register budget)."""
+    return 4 if tcap == 1 else 1
 
 
 def layout(ids: np.ndarray, shared: bool):

@@ -14,6 +14,7 @@ from ..errors import DeviceOutOfMemory
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 RESIDENT_LAYERS = 2
+SLACK = 16      # the kernels copy 16-byte-aligned spans, up to 15 bytes past a row's end
 
 
 def layer_of(tensor):
@@ -57,7 +58,7 @@ class ExpertUploader:
         nbytes = len(experts) * tensor.expert_bytes
         shape = (len(experts), tensor.n_out, tensor.row_bytes)
         try:
-            dev = cp.empty(shape, cp.uint8)
+            dev = cp.empty(nbytes + SLACK, cp.uint8)[:nbytes].reshape(shape)
             if stream is None:
                 for j, e in enumerate(experts):
                     dev[j].set(np.ascontiguousarray(tensor.expert(int(e))))

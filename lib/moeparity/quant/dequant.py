@@ -42,15 +42,13 @@ def _bf16(b):
 # --- legacy 32-blocks ---------------------------------------------------------------------------
 # block_q4_0 { half d; u8 qs[16]; }             x = d * (q - 8)
 def _q4_0(b):
-    d = _f16(b[:, 0:2])
     q = _nibbles(b[:, 2:18]).astype(np.int8) - np.int8(8)
-    return d * q.astype(F32)
+    return q, _f16(b[:, 0:2]), None
 
 
 # block_q4_1 { half d; half m; u8 qs[16]; }      x = d * q + m
 def _q4_1(b):
-    d, m = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    return d * _nibbles(b[:, 4:20]).astype(F32) + m
+    return _nibbles(b[:, 4:20]), _f16(b[:, 0:2]), -_f16(b[:, 2:4])
 
 
 def _fifth_bits(qh4: np.ndarray) -> np.ndarray:
@@ -61,21 +59,18 @@ def _fifth_bits(qh4: np.ndarray) -> np.ndarray:
 
 # block_q5_0 { half d; u8 qh[4]; u8 qs[16]; }    x = d * ((q | h<<4) - 16)
 def _q5_0(b):
-    d = _f16(b[:, 0:2])
     q = (_nibbles(b[:, 6:22]) | _fifth_bits(b[:, 2:6])).astype(np.int8) - np.int8(16)
-    return d * q.astype(F32)
+    return q, _f16(b[:, 0:2]), None
 
 
 # block_q5_1 { half d; half m; u8 qh[4]; u8 qs[16]; }   x = d * (q | h<<4) + m
 def _q5_1(b):
-    d, m = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    q = _nibbles(b[:, 8:24]) | _fifth_bits(b[:, 4:8])
-    return d * q.astype(F32) + m
+    return _nibbles(b[:, 8:24]) | _fifth_bits(b[:, 4:8]), _f16(b[:, 0:2]), -_f16(b[:, 2:4])
 
 
 # block_q8_0 { half d; i8 qs[32]; }               x = q * d
 def _q8_0(b):
-    return np.ascontiguousarray(b[:, 2:34]).view(np.int8).astype(F32) * _f16(b[:, 0:2])
+    return np.ascontiguousarray(b[:, 2:34]).view(np.int8), _f16(b[:, 0:2]), None
 
 
 # --- K-quants: super-blocks of 256 ---------------------------------------------------------------
@@ -100,10 +95,7 @@ def _q4_k(b):
     nb = b.shape[0]
     d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
     sc, mn = kquant_scale_min(b[:, 4:16])
-    q = _q4_k_q(b[:, 16:144]).astype(F32)
-    dl = (d * sc.astype(F32))[:, :, None]
-    ml = (dmin * mn.astype(F32))[:, :, None]
-    return (dl * q - ml).reshape(nb, 256)
+    return _q4_k_q(b[:, 16:144]).reshape(nb, 256), d * sc.astype(F32), dmin * mn.astype(F32)
 
 
 # block_q5_K { half d; half dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
@@ -113,10 +105,8 @@ def _q5_k(b):
     sc, mn = kquant_scale_min(b[:, 4:16])
     qh = b[:, 16:48]
     high = np.stack([(qh >> j) & 1 for j in range(8)], axis=1)   # (nb, 8 sub-blocks, 32)
-    q = (_q4_k_q(b[:, 48:176]) | (high << 4)).astype(F32)
-    dl = (d * sc.astype(F32))[:, :, None]
-    ml = (dmin * mn.astype(F32))[:, :, None]
-    return (dl * q - ml).reshape(nb, 256)
+    q = _q4_k_q(b[:, 48:176]) | (high << 4)
+    return q.reshape(nb, 256), d * sc.astype(F32), dmin * mn.astype(F32)
 
 
 # block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; half d; }   x = (d*sc) * (q - 32)
@@ -128,8 +118,8 @@ def _q6_k(b):
     d = _f16(b[:, 208:210])
     lo = np.concatenate([ql & 0x0F, ql >> 4], axis=2)            # (nb, 2, 4, 32): l=0..3 quarters
     hi = np.concatenate([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=2)
-    q = ((lo | (hi << 4)).astype(np.int8) - np.int8(32)).astype(F32).reshape(nb, 16, 16)
-    return ((d * sc)[:, :, None] * q).reshape(nb, 256)
+    q = (lo | (hi << 4)).astype(np.int8) - np.int8(32)
+    return q.reshape(nb, 256), d * sc, None
 
 
 # block_q2_K { u8 scales[16]; u8 qs[64]; half d; half dmin; }   x = (d*(sc&15)) * q - (dmin*(sc>>4))
@@ -138,10 +128,8 @@ def _q2_k(b):
     sc = b[:, 0:16]
     d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
     qs = b[:, 16:80].reshape(nb, 2, 1, 32)
-    q = np.concatenate([(qs >> s) & 3 for s in (0, 2, 4, 6)], axis=2).reshape(nb, 16, 16).astype(F32)
-    dl = (d * (sc & 0x0F).astype(F32))[:, :, None]
-    ml = (dmin * (sc >> 4).astype(F32))[:, :, None]
-    return (dl * q - ml).reshape(nb, 256)
+    q = np.concatenate([(qs >> s) & 3 for s in (0, 2, 4, 6)], axis=2).reshape(nb, 256)
+    return q, d * (sc & 0x0F).astype(F32), dmin * (sc >> 4).astype(F32)
 
 
 def q3_k_scales(s12: np.ndarray) -> np.ndarray:
@@ -160,14 +148,14 @@ def _q3_k(b):
     d = _f16(b[:, 108:110])
     low = np.concatenate([(qs >> s) & 3 for s in (0, 2, 4, 6)], axis=2).reshape(nb, 8, 32)
     hbit = np.stack([(hm >> j) & 1 for j in range(8)], axis=1)
-    q = (low.astype(np.int8) - ((hbit ^ 1) << 2).astype(np.int8)).astype(F32).reshape(nb, 16, 16)
-    return ((d * sc)[:, :, None] * q).reshape(nb, 256)
+    q = low.astype(np.int8) - ((hbit ^ 1) << 2).astype(np.int8)
+    return q.reshape(nb, 256), d * sc, None
 
 
 # --- non-linear grids --------------------------------------------------------------------------
 # block_iq4_nl { half d; u8 qs[16]; }            x = d * grid[q]
 def _iq4_nl(b):
-    return _f16(b[:, 0:2]) * IQ4_VALUES[_nibbles(b[:, 2:18])].astype(F32)
+    return IQ4_VALUES[_nibbles(b[:, 2:18])], _f16(b[:, 0:2]), None
 
 
 # block_iq4_xs { half d; u16 scales_h; u8 scales_l[4]; u8 qs[128]; }   x = (d*(ls-32)) * grid[q]
@@ -180,8 +168,8 @@ def _iq4_xs(b):
     high = ((sh >> (2 * np.arange(8, dtype=np.uint16))) & 3).astype(np.uint8)
     ls = (low | (high << 4)).astype(np.int8) - np.int8(32)
     qs = b[:, 8:136].reshape(nb, 8, 16)
-    q = IQ4_VALUES[np.concatenate([qs & 0x0F, qs >> 4], axis=2)].astype(F32)
-    return ((d * ls.astype(F32))[:, :, None] * q).reshape(nb, 256)
+    q = IQ4_VALUES[np.concatenate([qs & 0x0F, qs >> 4], axis=2)]
+    return q.reshape(nb, 256), d * ls.astype(F32), None
 
 
 def e8m0_half(e: np.ndarray) -> np.ndarray:
@@ -193,20 +181,45 @@ def e8m0_half(e: np.ndarray) -> np.ndarray:
 
 # block_mxfp4 { u8 e; u8 qs[16]; }               x = e8m0_half(e) * grid[q]
 def _mxfp4(b):
-    return e8m0_half(b[:, 0:1]) * MXFP4_VALUES[_nibbles(b[:, 1:17])].astype(F32)
+    return MXFP4_VALUES[_nibbles(b[:, 1:17])], e8m0_half(b[:, 0:1]), None
 
 
-DEQUANT = {
-    "F32": _f32, "F16": _f16_blocks, "BF16": _bf16,
+FLOATS = {"F32": _f32, "F16": _f16_blocks, "BF16": _bf16}
+# quantized formats as parts: (q (nb, block) small integers, dl (nb, G), ml (nb, G) or None) with
+# weight = dl·q − ml per scale group of block/G weights — ggml's formula, and the factorisation the
+# CUDA kernels compute with (Σ over a group of q·x, then dl·Σ − ml·Σx).
+PARTS = {
     "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0,
     "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
     "IQ4_NL": _iq4_nl, "IQ4_XS": _iq4_xs, "MXFP4": _mxfp4,
 }
-assert set(DEQUANT) == set(QTYPES), "every qtype row needs a dequantiser"
+assert set(FLOATS) | set(PARTS) == set(QTYPES), "every qtype row needs a dequantiser"
+
+
+def parts8(blocks: np.ndarray, qt: QType):
+    """(q, dl, ml) float32 with one dl/ml per 8 weights: (nb, block), (nb, block/8), (nb, block/8)."""
+    b = blocks.reshape(-1, qt.nbytes)
+    if qt.name in FLOATS:
+        w = FLOATS[qt.name](b).reshape(-1, 8)
+        ones = np.ones((w.shape[0], 1), F32)
+        return w, ones, np.zeros_like(ones)
+    q, dl, ml = PARTS[qt.name](b)
+    per = qt.block // 8 // dl.shape[1]
+    dl = np.repeat(dl.astype(F32), per, axis=1)
+    ml = np.zeros_like(dl) if ml is None else np.repeat(ml.astype(F32), per, axis=1)
+    return q.astype(F32), dl, ml
 
 
 def dequantize_blocks(blocks: np.ndarray, qt: QType) -> np.ndarray:
-    return DEQUANT[qt.name](blocks.reshape(-1, qt.nbytes))
+    b = blocks.reshape(-1, qt.nbytes)
+    if qt.name in FLOATS:
+        return FLOATS[qt.name](b)
+    q, dl, ml = PARTS[qt.name](b)
+    nb, G = dl.shape
+    w = dl.astype(F32)[:, :, None] * q.astype(F32).reshape(nb, G, -1)
+    if ml is not None:
+        w = w - ml.astype(F32)[:, :, None]
+    return w.reshape(nb, qt.block)
 
 
 def dequantize(data: np.ndarray, qt: QType, n_cols: int | None = None) -> np.ndarray:

@@ -1,189 +1,207 @@
 // Block decoders for every qtype row the CUDA backend implements (layouts: ggml-common.h, and
 // moeparity/quant/dequant.py which is checked bit-for-bit against gguf-py).
 //
-// decode8<Q>(blk, i, w, b): the 8 consecutive weights starting at element i (i % 8 == 0) of the
-// block at blk. With SPLIT (q8_1 mode of formats that have a min), w gets the scaled quants a*q
-// and b the sub-block's min term; otherwise w = a*q - b. Built with --fmad=false, so these are
-// the exact float32 dequantised values and backends/emulated.py can reproduce every partial sum.
+// Q::unit(blk, i, q, dl, ml): the 32 consecutive weights starting at element i (i % 32 == 0) of
+// the block at blk, factored as weight j = dl[j/8]·q[j] − ml[j/8]: q exact small integers (or grid
+// values, or the float weight itself for F32/F16/BF16), dl and ml float32 products computed as
+// ggml computes them. quant/dequant.py's `parts` is the same factorisation (dl·q − ml in float32 is
+// gguf-py's weight bit for bit), so backends/emulated.py reproduces the kernel's arithmetic.
+//
+// Hot formats (Q4_K, Q6_K, Q8_0, Q4_0, …) decode four bytes at a time: mask the field into each
+// byte, then __byte_perm the byte under the exponent of 2^23 and subtract (2^23 + bias): an exact
+// int → float in two instructions (I2F is a quarter-rate pipe).
 #pragma once
 #include <cuda_fp16.h>
 typedef unsigned char u8;
 
-__device__ __forceinline__ float h2f(const u8* p) {
-    return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
+#define P23 8388608.0f
+__device__ __forceinline__ float h2f(const u8* p) {           // fp16 at a 2-byte-aligned address
+    return __half2float(__ushort_as_half(*(const unsigned short*)p));
 }
 __device__ __forceinline__ float e8m0_half(unsigned e) {
     return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1u) << 23));
 }
-// Small non-negative int → float without I2F (a quarter-rate pipe): 2^23 + q, minus 2^23 + bias.
-// Exact for 0 <= q < 2^23 and |bias| small, so the values equal those of an int→float conversion.
-__device__ __forceinline__ float qf(unsigned q, float bias_plus_2p23) {
-    return __int_as_float(0x4B000000u | q) - bias_plus_2p23;
-}
-#define P23 8388608.0f
-// 4 little-endian bytes at a 2-byte-aligned shared-memory address
+// 4 little-endian bytes at a 2-byte-aligned address
 __device__ __forceinline__ unsigned ld4_a2(const u8* p) {
     const unsigned short* h = (const unsigned short*)p;
     return (unsigned)h[0] | ((unsigned)h[1] << 16);
 }
+__device__ __forceinline__ unsigned ld4_a4(const u8* p) { return *(const unsigned*)p; }
+// byte k of v as a float, minus bias: 0x4B0000vv is 2^23 + vv
+__device__ __forceinline__ float byte_f(unsigned v, int k, float bias) {
+    return __int_as_float(__byte_perm(v, 0x004B0000u, 0x6440u | k)) - (P23 + bias);
+}
+__device__ __forceinline__ void bytes4(unsigned v, float bias, float* q) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) q[k] = byte_f(v, k, bias);
+}
+__device__ __forceinline__ float small_f(unsigned v) { return __int_as_float(0x4B000000u | v) - P23; }
+__device__ __forceinline__ void same4(float a, float* d) { d[0] = d[1] = d[2] = d[3] = a; }
 // 16-entry int8 grids held in registers (a __constant__ table serialises when lanes index it
 // differently): byte q of the 16 packed bytes, via __byte_perm, then int8 → float exactly.
 __device__ __forceinline__ float grid16(unsigned q, unsigned t0, unsigned t1, unsigned t2, unsigned t3) {
     const unsigned lo = __byte_perm(t0, t1, q & 7), hi = __byte_perm(t2, t3, q & 7);
-    const unsigned v = ((q & 8) ? hi : lo) & 255;
-    return qf(v ^ 128u, P23 + 128.0f);                       // (int8)v as float
+    return byte_f(((q & 8) ? hi : lo) ^ 128u, 0, 128.0f);
 }
 // kvalues_iq4nl = {-127,-104,-83,-65,-49,-35,-22,-10, 1,13,25,38,53,69,89,113} as bytes
 #define KV_IQ4(q) grid16((q), 0xBFAD9881u, 0xF6EADDCFu, 0x26190D01u, 0x71594535u)
 // kvalues_mxfp4 (e2m1 doubled) = {0,1,2,3,4,6,8,12, 0,-1,-2,-3,-4,-6,-8,-12}
 #define KV_MX(q) grid16((q), 0x03020100u, 0x0C080604u, 0xFDFEFF00u, 0xF4F8FAFCu)
 
-#define QTYPE(NAME, BLOCK_, NBYTES_, HASMIN_) \
-    struct NAME { static constexpr int BLOCK = BLOCK_, NBYTES = NBYTES_; static constexpr bool HAS_MIN = HASMIN_; \
-        template <bool SPLIT> __device__ static void decode8(const u8* b, int i, float* w, float& m); };
+// USES_MIN: ml can be non-zero (the kernel then needs Σx per 8 weights).
+// MIN_Q8_1: in q8_1 mode the min term uses llama.cpp's block sum (vec_dot_*_q8_1 do).
+#define QTYPE(NAME, BLOCK_, NBYTES_, USES_MIN_, MIN_Q8_1_) \
+    struct NAME { static constexpr int BLOCK = BLOCK_, NBYTES = NBYTES_; \
+        static constexpr bool USES_MIN = USES_MIN_, MIN_Q8_1 = MIN_Q8_1_; \
+        __device__ static void unit(const u8* b, int i, float* q, float* dl, float* ml); };
 
-QTYPE(F32, 1, 4, false)
-QTYPE(F16, 1, 2, false)
-QTYPE(BF16, 1, 2, false)
-QTYPE(Q4_0, 32, 18, false)
-QTYPE(Q4_1, 32, 20, true)
-QTYPE(Q5_0, 32, 22, false)
-QTYPE(Q5_1, 32, 24, true)
-QTYPE(Q8_0, 32, 34, false)
-QTYPE(Q2_K, 256, 84, false)
-QTYPE(Q3_K, 256, 110, false)
-QTYPE(Q4_K, 256, 144, true)
-QTYPE(Q5_K, 256, 176, true)
-QTYPE(Q6_K, 256, 210, false)
-QTYPE(IQ4_NL, 32, 18, false)
-QTYPE(IQ4_XS, 256, 136, false)
-QTYPE(MXFP4, 32, 17, false)
+QTYPE(F32, 1, 4, false, false)
+QTYPE(F16, 1, 2, false, false)
+QTYPE(BF16, 1, 2, false, false)
+QTYPE(Q4_0, 32, 18, false, false)
+QTYPE(Q4_1, 32, 20, true, true)
+QTYPE(Q5_0, 32, 22, false, false)
+QTYPE(Q5_1, 32, 24, true, true)
+QTYPE(Q8_0, 32, 34, false, false)
+QTYPE(Q2_K, 256, 84, true, false)
+QTYPE(Q3_K, 256, 110, false, false)
+QTYPE(Q4_K, 256, 144, true, true)
+QTYPE(Q5_K, 256, 176, true, true)
+QTYPE(Q6_K, 256, 210, false, false)
+QTYPE(IQ4_NL, 32, 18, false, false)
+QTYPE(IQ4_XS, 256, 136, false, false)
+QTYPE(MXFP4, 32, 17, false, false)
 
-// float rows: "block" of 1, so b points at element i itself
-template <bool S> __device__ void F32::decode8(const u8* b, int, float* w, float& m) {
-    m = 0.f;
-    for (int j = 0; j < 8; j++) w[j] = __uint_as_float(b[4*j] | (b[4*j+1] << 8) | (b[4*j+2] << 16) | ((unsigned)b[4*j+3] << 24));
+// float rows: "block" of 1, so b points at element i itself; dl = 1, ml = 0
+__device__ void F32::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    for (int j = 0; j < 32; j++) q[j] = __uint_as_float(ld4_a4(b + 4 * j));
+    same4(1.f, dl); same4(0.f, ml);
 }
-template <bool S> __device__ void F16::decode8(const u8* b, int, float* w, float& m) {
-    m = 0.f;
-    for (int j = 0; j < 8; j++) w[j] = h2f(b + 2*j);
+__device__ void F16::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    for (int j = 0; j < 32; j++) q[j] = h2f(b + 2 * j);
+    same4(1.f, dl); same4(0.f, ml);
 }
-template <bool S> __device__ void BF16::decode8(const u8* b, int, float* w, float& m) {
-    m = 0.f;
-    for (int j = 0; j < 8; j++) w[j] = __uint_as_float((unsigned)(b[2*j] | (b[2*j+1] << 8)) << 16);
+__device__ void BF16::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    for (int j = 0; j < 32; j++) q[j] = __uint_as_float((unsigned)*(const unsigned short*)(b + 2 * j) << 16);
+    same4(1.f, dl); same4(0.f, ml);
 }
-template <bool S> __device__ void Q4_0::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
-    const float d = h2f(b);
-    const int sh = i < 16 ? 0 : 4, o = i & 15;
-    const unsigned lo = ld4_a2(b + 2 + o), hi = ld4_a2(b + 6 + o);
-    for (int j = 0; j < 8; j++) w[j] = d * qf(((j < 4 ? lo >> (8 * j) : hi >> (8 * (j - 4))) >> sh) & 15, P23 + 8.0f);
-}
-template <bool S> __device__ void Q4_1::decode8(const u8* b, int i, float* w, float& m) {
-    const float d = h2f(b); m = -h2f(b + 2);                  // w = d*q + min  ⇒  b-term is -min
-    const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = S ? d * (float)((b[4 + o + j] >> sh) & 15) : d * (float)((b[4 + o + j] >> sh) & 15) - m;
-}
-template <bool S> __device__ void Q5_0::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
-    const float d = h2f(b);
-    const unsigned qh = b[2] | (b[3] << 8) | (b[4] << 16) | ((unsigned)b[5] << 24);
-    const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = d * (float)((int)(((b[6 + o + j] >> sh) & 15) | (((qh >> (i + j)) & 1) << 4)) - 16);
-}
-template <bool S> __device__ void Q5_1::decode8(const u8* b, int i, float* w, float& m) {
-    const float d = h2f(b); m = -h2f(b + 2);
-    const unsigned qh = b[4] | (b[5] << 8) | (b[6] << 16) | ((unsigned)b[7] << 24);
-    const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) {
-        const float q = (float)(((b[8 + o + j] >> sh) & 15) | (((qh >> (i + j)) & 1) << 4));
-        w[j] = S ? d * q : d * q - m;
+// legacy 32-blocks: i == 0; nibble j < 16 is the low nibble of byte j, j ≥ 16 the high one
+__device__ __forceinline__ void nibbles32(const u8* qs, bool a4, float bias, float* q) {
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        const unsigned v = a4 ? ld4_a4(qs + 4 * w) : ld4_a2(qs + 4 * w);
+        bytes4(v & 0x0F0F0F0Fu, bias, q + 4 * w);
+        bytes4((v >> 4) & 0x0F0F0F0Fu, bias, q + 16 + 4 * w);
     }
 }
-template <bool S> __device__ void Q8_0::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
-    const float d = h2f(b);
-    const unsigned lo = ld4_a2(b + 2 + i) ^ 0x80808080u, hi = ld4_a2(b + 6 + i) ^ 0x80808080u;  // int8 + 128
-    for (int j = 0; j < 8; j++) w[j] = qf((j < 4 ? lo >> (8 * j) : hi >> (8 * (j - 4))) & 255, P23 + 128.0f) * d;
+__device__ void Q4_0::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    nibbles32(b + 2, false, 8.f, q);
+    same4(h2f(b), dl); same4(0.f, ml);
 }
-template <bool S> __device__ void Q2_K::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
+__device__ void Q4_1::unit(const u8* b, int, float* q, float* dl, float* ml) {    // w = d*q + m
+    nibbles32(b + 4, true, 0.f, q);
+    same4(h2f(b), dl); same4(-h2f(b + 2), ml);
+}
+__device__ __forceinline__ void fifth_bits(const u8* qs, unsigned qh, float bias, float* q) {
+    for (int j = 0; j < 32; j++) {
+        const unsigned nib = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
+        q[j] = small_f(nib | (((qh >> j) & 1) << 4)) - bias;
+    }
+}
+__device__ void Q5_0::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    fifth_bits(b + 6, ld4_a2(b + 2), 16.f, q);
+    same4(h2f(b), dl); same4(0.f, ml);
+}
+__device__ void Q5_1::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    fifth_bits(b + 8, ld4_a4(b + 4), 0.f, q);
+    same4(h2f(b), dl); same4(-h2f(b + 2), ml);
+}
+__device__ void Q8_0::unit(const u8* b, int, float* q, float* dl, float* ml) {
+#pragma unroll
+    for (int w = 0; w < 8; w++) bytes4(ld4_a2(b + 2 + 4 * w) ^ 0x80808080u, 128.f, q + 4 * w);   // int8 + 128
+    same4(h2f(b), dl); same4(0.f, ml);
+}
+// K-quants: i is the unit's first element in the 256-block
+__device__ void Q2_K::unit(const u8* b, int i, float* q, float* dl, float* ml) {
     const float d = h2f(b + 80), dmin = h2f(b + 82);
-    const int h = i >> 7, sh = 2 * ((i >> 5) & 3), l = i & 31;
-    const int sc = b[i >> 4];
-    const float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
-    for (int j = 0; j < 8; j++) w[j] = dl * (float)((b[16 + h*32 + l + j] >> sh) & 3) - ml;
+    const int h = i >> 7, sh = 2 * ((i >> 5) & 3);
+#pragma unroll
+    for (int w = 0; w < 8; w++) bytes4((ld4_a4(b + 16 + h * 32 + 4 * w) >> sh) & 0x03030303u, 0.f, q + 4 * w);
+    for (int g = 0; g < 4; g++) {
+        const int sc = b[(i + 8 * g) >> 4];
+        dl[g] = d * small_f(sc & 15); ml[g] = dmin * small_f(sc >> 4);
+    }
 }
-template <bool S> __device__ void Q3_K::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
+__device__ void Q3_K::unit(const u8* b, int i, float* q, float* dl, float* ml) {
     const float d = h2f(b + 108);
-    const int h = i >> 7, jj = (i >> 5) & 3, l = i & 31, k = i >> 4;
-    const int lo = (b[96 + (k & 7)] >> (4 * (k >> 3))) & 15, hi = (b[104 + (k & 3)] >> (2 * (k >> 2))) & 3;
-    const float dl = d * (float)((lo | (hi << 4)) - 32);
-    for (int j = 0; j < 8; j++) {
-        const int q = ((b[32 + h*32 + l + j] >> (2*jj)) & 3) - ((((b[l + j] >> (4*h + jj)) & 1) ^ 1) << 2);
-        w[j] = dl * (float)q;
+    const int h = i >> 7, jj = (i >> 5) & 3;
+#pragma unroll
+    for (int w = 0; w < 8; w++) {                          // q = q2 - 4 + 4·hbit
+        const unsigned lo = (ld4_a2(b + 32 + h * 32 + 4 * w) >> (2 * jj)) & 0x03030303u;
+        const unsigned hb = (ld4_a2(b + 4 * w) >> (4 * h + jj)) & 0x01010101u;
+        bytes4(lo | (hb << 2), 4.f, q + 4 * w);
+    }
+    for (int g = 0; g < 4; g++) {
+        const int k = (i + 8 * g) >> 4;
+        const int lo = (b[96 + (k & 7)] >> (4 * (k >> 3))) & 15, hi = (b[104 + (k & 3)] >> (2 * (k >> 2))) & 3;
+        dl[g] = d * (small_f(lo | (hi << 4)) - 32.f);
+        ml[g] = 0.f;
     }
 }
 __device__ __forceinline__ void scale_min_k4(const u8* s, int j, int& sc, int& mn) {
     if (j < 4) { sc = s[j] & 63; mn = s[j + 4] & 63; }
     else { sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4); mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4); }
 }
-template <bool S> __device__ void Q4_K::decode8(const u8* b, int i, float* w, float& m) {
-    const int sb = i >> 5, l = i & 31;
+__device__ void Q4_K::unit(const u8* b, int i, float* q, float* dl, float* ml) {   // blocks are 16-byte aligned
+    const int sb = i >> 5, sh = 4 * (sb & 1);
     int sc, mn; scale_min_k4(b + 4, sb, sc, mn);
-    const float dl = h2f(b) * (float)sc; m = h2f(b + 2) * (float)mn;
-    const int sh = 4 * (sb & 1);
-    const uint2 v = *(const uint2*)(b + 16 + (sb >> 1) * 32 + l);          // blocks are 16-byte aligned
-    for (int j = 0; j < 8; j++) {
-        const float q = qf(((j < 4 ? v.x >> (8 * j) : v.y >> (8 * (j - 4))) >> sh) & 15, P23);
-        w[j] = S ? dl * q : dl * q - m;
-    }
+    same4(h2f(b) * small_f(sc), dl); same4(h2f(b + 2) * small_f(mn), ml);
+    const uint4* p = (const uint4*)(b + 16 + (sb >> 1) * 32);
+    const uint4 v0 = p[0], v1 = p[1];
+    const unsigned v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+    for (int w = 0; w < 8; w++) bytes4((v[w] >> sh) & 0x0F0F0F0Fu, 0.f, q + 4 * w);
 }
-template <bool S> __device__ void Q5_K::decode8(const u8* b, int i, float* w, float& m) {
-    const int sb = i >> 5, l = i & 31;
+__device__ void Q5_K::unit(const u8* b, int i, float* q, float* dl, float* ml) {
+    const int sb = i >> 5, sh = 4 * (sb & 1);
     int sc, mn; scale_min_k4(b + 4, sb, sc, mn);
-    const float dl = h2f(b) * (float)sc; m = h2f(b + 2) * (float)mn;
-    const int sh = 4 * (sb & 1);
-    const uint2 v = *(const uint2*)(b + 48 + (sb >> 1) * 32 + l), h = *(const uint2*)(b + 16 + l);
-    for (int j = 0; j < 8; j++) {
-        const unsigned vb = j < 4 ? v.x >> (8 * j) : v.y >> (8 * (j - 4));
-        const unsigned hb = j < 4 ? h.x >> (8 * j) : h.y >> (8 * (j - 4));
-        const float q = qf(((vb >> sh) & 15) | (((hb >> sb) & 1) << 4), P23);
-        w[j] = S ? dl * q : dl * q - m;
+    same4(h2f(b) * small_f(sc), dl); same4(h2f(b + 2) * small_f(mn), ml);
+#pragma unroll
+    for (int w = 0; w < 8; w++) {
+        const unsigned lo = (ld4_a4(b + 48 + (sb >> 1) * 32 + 4 * w) >> sh) & 0x0F0F0F0Fu;
+        const unsigned hb = (ld4_a4(b + 16 + 4 * w) >> sb) & 0x01010101u;
+        bytes4(lo | (hb << 4), 0.f, q + 4 * w);
     }
 }
-template <bool S> __device__ void Q6_K::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
-    const int h = i >> 7, k = (i >> 5) & 3, l = i & 31;
-    const float dl = h2f(b + 208) * (float)(signed char)b[192 + (i >> 4)];
-    const u8* ql = b + h*64 + (k & 1) * 32 + l;
-    const u8* qh = b + 128 + h*32 + l;
-    const int sh = 4 * (k >> 1);
-    const unsigned l0 = ld4_a2(ql), l1 = ld4_a2(ql + 4), h0 = ld4_a2(qh), h1 = ld4_a2(qh + 4);
-    for (int j = 0; j < 8; j++) {
-        const unsigned lb = j < 4 ? l0 >> (8 * j) : l1 >> (8 * (j - 4));
-        const unsigned hb = j < 4 ? h0 >> (8 * j) : h1 >> (8 * (j - 4));
-        w[j] = dl * qf(((lb >> sh) & 15) | (((hb >> (2 * k)) & 3) << 4), P23 + 32.0f);
+__device__ void Q6_K::unit(const u8* b, int i, float* q, float* dl, float* ml) {   // blocks are 2-byte aligned
+    const int h = i >> 7, k = (i >> 5) & 3;
+    const u8* ql = b + h * 64 + (k & 1) * 32;
+    const u8* qh = b + 128 + h * 32;
+    const int s1 = 4 * (k >> 1), s2 = 2 * k;
+#pragma unroll
+    for (int w = 0; w < 8; w++) {
+        const unsigned lo = (ld4_a2(ql + 4 * w) >> s1) & 0x0F0F0F0Fu;
+        const unsigned hi = (ld4_a2(qh + 4 * w) >> s2) & 0x03030303u;
+        bytes4(lo | (hi << 4), 32.f, q + 4 * w);
     }
+    const float d = h2f(b + 208);
+    const float a = d * (float)(signed char)b[192 + (i >> 4)], c = d * (float)(signed char)b[193 + (i >> 4)];
+    dl[0] = dl[1] = a; dl[2] = dl[3] = c;
+    same4(0.f, ml);
 }
-template <bool S> __device__ void IQ4_NL::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
-    const float d = h2f(b);
-    const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = d * KV_IQ4((b[2 + o + j] >> sh) & 15);
+__device__ void IQ4_NL::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    for (int j = 0; j < 32; j++) q[j] = KV_IQ4(j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4));
+    same4(h2f(b), dl); same4(0.f, ml);
 }
-template <bool S> __device__ void IQ4_XS::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
-    const int ib = i >> 5, o = i & 15, sh = (i & 16) ? 4 : 0;
+__device__ void IQ4_XS::unit(const u8* b, int i, float* q, float* dl, float* ml) {
+    const int ib = i >> 5;
     const unsigned shi = b[2] | (b[3] << 8);
     const int ls = ((b[4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | (((shi >> (2 * ib)) & 3) << 4);
-    const float dl = h2f(b) * (float)(ls - 32);
-    for (int j = 0; j < 8; j++) w[j] = dl * KV_IQ4((b[8 + ib*16 + o + j] >> sh) & 15);
+    same4(h2f(b) * (small_f(ls) - 32.f), dl); same4(0.f, ml);
+    const u8* qs = b + 8 + ib * 16;
+    for (int j = 0; j < 32; j++) q[j] = KV_IQ4(j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4));
 }
-template <bool S> __device__ void MXFP4::decode8(const u8* b, int i, float* w, float& m) {
-    m = 0.f;
-    const float d = e8m0_half(b[0]);
-    const int sh = i < 16 ? 0 : 4, o = i & 15;
-    for (int j = 0; j < 8; j++) w[j] = d * KV_MX((b[1 + o + j] >> sh) & 15);
+__device__ void MXFP4::unit(const u8* b, int, float* q, float* dl, float* ml) {
+    for (int j = 0; j < 32; j++) q[j] = KV_MX(j < 16 ? (b[1 + j] & 15) : (b[1 + j - 16] >> 4));
+    same4(e8m0_half(b[0]), dl); same4(0.f, ml);
 }

@@ -3,18 +3,18 @@
 // Work is given as groups: group g = one expert (local index gexp[g] into W) and the members
 // gstart[g]..gstart[g+1] routed to it; member m reads x row mx[m] and writes out row mo[m].
 // A block of WARPS warps takes WARPS·RPW rows of one group and walks the rows in chunks of CW
-// weights: the block stages the chunk of x of up to TCAP members into shared memory (coalesced
-// float4 loads, one padded 144-byte slot per 32 weights so that lanes read it without bank
-// conflicts); each warp copies its rows' chunks of weights with cp.async (coalesced 16-byte
-// copies), the next row's bytes in flight while this one is computed. The row
-// is cut in units of 32 weights; in a chunk, lane L takes units L, L+32, …; per unit and member
-// it adds, in order, the four sequential 8-term sums of the unit's 8-weight groups to its partial.
-// A butterfly (xor 16, 8, 4, 2, 1) reduces the 32 partials. backends/emulated.py reproduces this
-// order exactly (the build uses --fmad=false), given the same CW (gpu_layout.chunk_weights).
+// weights. Per chunk the block stages x of up to TT members in shared memory: one padded slot of
+// XSLOT floats per 32 weights (32 values, then the four sequential 8-term sums Σx that the min
+// term needs; in q8_1 mode for MIN_Q8_1 formats the slot holds llama.cpp's block sum S and zeros).
+// Each warp streams its (chunk, row) items through an NBUF-deep ring of shared buffers with
+// cp.async (16-byte copies from the 16-byte-aligned address at or below the row chunk), so
+// NBUF-1 items are in flight while one is computed.
 //
-// mode 0: f32 activations. mode 1: q8_1 (llama.cpp MMVQ numerics): X holds x' = fp16(d)·q per
-// 32-block and S the fp16-rounded block sums of the unquantised x; formats with a min use S for
-// the min term, once per 32 weights, as llama.cpp's vec_dot_*_q8_1 do.
+// Arithmetic (bit-exact in backends/emulated.py): in a chunk, lane L takes the 32-weight units L,
+// L+32, …; Q::unit gives q, dl, ml per 8-weight group; per group and member
+//     s = q0·x0; s = fma(q_j, x_j, s) for j = 1..7;  acc = fma(dl, s, acc);  acc = fma(-ml, Σx, acc)
+// (the last only for USES_MIN formats); then a butterfly (xor 16, 8, 4, 2, 1) over the lanes.
+// The build uses --fmad=false, so these are the only fused operations.
 //
 // GATE_UP: W2 is the up tensor; one warp does the gate row and the up row of the same expert off
 // one read of x and writes gate, up and act(gate, up) (act: 0 silu, 1 gelu_tanh, 2 swiglu_oai).
@@ -22,7 +22,8 @@
 
 #define WARPS 8
 #define MAXT 8
-#define XSLOT 36            // floats per staged 32-weight unit of x (4 of padding)
+#define XSLOT 36            // floats per staged 32-weight unit of x: 32 values + 4 group sums
+#define NBUF 4              // weight buffers per warp
 
 __device__ __forceinline__ float act_fn(int act, float g, float u, float alpha, float limit) {
     if (act == 0) { const float s = 1.0f / (1.0f + expf(-g)); return g * s * u; }
@@ -35,126 +36,128 @@ __device__ __forceinline__ float act_fn(int act, float g, float u, float alpha, 
     return gc * s * (uc + 1.0f);
 }
 
-// cp.async (sm_80+): global → shared without registers, so the next row's bytes are in flight
-// while this row is computed.
+// cp.async (sm_80+): global → shared without registers, so later items' bytes are in flight
+// while this one is computed.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(d), "l"(src));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
 
-// Start copying nbytes at src into dst: asynchronously when both are 16-byte aligned, else plainly.
+// Copy the 16-byte-aligned span covering [src, src + nbytes) to dst (one commit group); the
+// bytes of src start at dst + (src & 15). The span may end up to 15 bytes past the data: device
+// weight buffers carry that much slack (streaming.py).
 __device__ __forceinline__ void issue(u8* dst, const u8* src, int nbytes, int lane) {
-    if ((((size_t)src) & 15) == 0 && (nbytes & 15) == 0) {
-        for (int k = lane; k < nbytes / 16; k += 32) cp_async16(dst + 16 * k, src + 16 * k);
-    } else {
-        for (int k = lane; k < nbytes; k += 32) dst[k] = __ldg(src + k);
-    }
-    cp_async_commit();
+    const u8* a = (const u8*)((size_t)src & ~(size_t)15);
+    const int n16 = (int)((src + nbytes - a + 15) >> 4);
+    for (int k = lane; k < n16; k += 32) cp_async16(dst + 16 * k, a + 16 * k);
 }
 
-// Dynamic shared memory: [x: tcap × CW/32 slots × XSLOT floats][weights: WARPS × 2 buffers × NW × chunk bytes]
-// Each warp takes RPW rows (r = base + warp + k·WARPS) and walks (chunk, row) items in order,
-// prefetching item j+1 into the other buffer while item j is computed.
-template <class Q, bool GATE_UP, int RPW>
+// Dynamic shared memory: [x: TT × CW/32 slots × XSLOT floats][weights: WARPS × NBUF × NW × bstride].
+// Each warp takes RPW rows (r = base + warp + k·WARPS) and walks its (chunk, row) items in order.
+template <class Q, bool GATE_UP, int RPW, int TT>
 __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long expert_stride, int R,
                          int row_bytes, int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
                          const int* __restrict__ mx, const int* __restrict__ mo, const float* __restrict__ X,
                          const float* __restrict__ S, float* __restrict__ out, float* __restrict__ out2,
-                         float* __restrict__ out3, int mode, int act, float alpha, float limit, int CW, int tcap) {
+                         float* __restrict__ out3, int mode, int act, float alpha, float limit, int CW) {
     constexpr int NW = GATE_UP ? 2 : 1;
     extern __shared__ __align__(16) unsigned char dsm[];
     float* xs = (float*)dsm;
     const int units = CW / 32;
-    const int cbytes = CW / Q::BLOCK * Q::NBYTES;
+    const int bstride = (CW / Q::BLOCK * Q::NBYTES + 31) & ~15;       // chunk bytes + alignment slack
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    u8* wsm = dsm + (size_t)tcap * units * XSLOT * 4 + (size_t)warp * 2 * NW * cbytes;
+    u8* wsm = dsm + (size_t)TT * units * XSLOT * 4 + (size_t)warp * NBUF * NW * bstride;
     const int g = blockIdx.y;
     const int r0 = blockIdx.x * WARPS * RPW + warp;
     const long long ebase = (long long)gexp[g] * expert_stride;
-    const bool split = Q::HAS_MIN && mode == 1;
+    const bool block_sum = Q::MIN_Q8_1 && mode == 1;
     const int nchunks = (n_in + CW - 1) / CW;
-    for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += tcap) {
-        const int nt = min(tcap, gstart[g + 1] - m0);
-        float acc[RPW][NW][MAXT];
+    const int nitems = nchunks * RPW;
+    auto src_of = [&](int j, int v) {                    // item j = (chunk j / RPW, row k = j % RPW)
+        const int r = r0 + (j % RPW) * WARPS;            // rows past R read row 0 (valid memory), dropped
+        return (v ? W2 : W) + ebase + (long long)(r < R ? r : 0) * row_bytes
+               + (long long)((j / RPW) * CW) / Q::BLOCK * Q::NBYTES;
+    };
+    auto fetch = [&](int j) {
+        if (j < nitems) {
+            const int nw = min(CW, n_in - (j / RPW) * CW);
+            _Pragma("unroll") for (int v = 0; v < NW; v++)
+                issue(wsm + ((j % NBUF) * NW + v) * bstride, src_of(j, v), nw / Q::BLOCK * Q::NBYTES, lane);
+        }
+        cp_async_commit();                               // (an empty group keeps the wait count uniform)
+    };
+    for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += TT) {
+        const int nt = min(TT, gstart[g + 1] - m0);
+        float acc[RPW][NW][TT];
         _Pragma("unroll") for (int k = 0; k < RPW; k++) _Pragma("unroll") for (int v = 0; v < NW; v++)
-            _Pragma("unroll") for (int t = 0; t < MAXT; t++) acc[k][v][t] = 0.f;
-        // item j = (chunk j / RPW, row k = j % RPW); rows past R fetch row 0 (valid memory) and are dropped
-        auto fetch = [&](int j) {
-            const int c = j / RPW, k = j % RPW;
-            const int r = r0 + k * WARPS;
-            const int c0 = c * CW, nw = min(CW, n_in - c0);
-            const long long off = ebase + (long long)(r < R ? r : 0) * row_bytes + (long long)c0 / Q::BLOCK * Q::NBYTES;
-            u8* buf = wsm + (j & 1) * NW * cbytes;
-            issue(buf, W + off, nw / Q::BLOCK * Q::NBYTES, lane);
-            if (GATE_UP) issue(buf + cbytes, W2 + off, nw / Q::BLOCK * Q::NBYTES, lane);
-        };
-        fetch(0);
+            _Pragma("unroll") for (int t = 0; t < TT; t++) acc[k][v][t] = 0.f;
+#pragma unroll
+        for (int j = 0; j < NBUF - 1; j++) fetch(j);
         for (int c = 0; c < nchunks; c++) {
             const int c0 = c * CW, nw = min(CW, n_in - c0);
             __syncthreads();                                   // everyone is done with the previous x chunk
-            for (int t = 0; t < nt; t++) {
-                const float4* src = (const float4*)(X + (long long)mx[m0 + t] * n_in + c0);
-                float* dst = xs + (size_t)t * units * XSLOT;
-                for (int f = threadIdx.x; f < nw / 4; f += WARPS * 32)
-                    *(float4*)(dst + (f >> 3) * XSLOT + (f & 7) * 4) = __ldg(src + f);
+            for (int f = threadIdx.x; f < nt * (nw / 8); f += WARPS * 32) {
+                const int t = f / (nw / 8), e = (f % (nw / 8)) * 8;   // 8-weight group at chunk offset e
+                const float* src = X + (long long)mx[m0 + t] * n_in + c0 + e;
+                float* dst = xs + ((size_t)t * units + e / 32) * XSLOT;
+                const float4 a = __ldg((const float4*)src), b = __ldg((const float4*)src + 1);
+                *(float4*)(dst + (e & 31)) = a;
+                *(float4*)(dst + (e & 31) + 4) = b;
+                if (Q::USES_MIN) {
+                    float sx;
+                    if (block_sum) sx = (e & 31) ? 0.f : S[((long long)mx[m0 + t] * n_in + c0 + e) / 32];
+                    else sx = ((((((a.x + a.y) + a.z) + a.w) + b.x) + b.y) + b.z) + b.w;
+                    dst[32 + (e & 31) / 8] = sx;
+                }
             }
             __syncthreads();
 #pragma unroll
             for (int k = 0; k < RPW; k++) {
                 const int j = c * RPW + k;
-                if (j + 1 < nchunks * RPW) fetch(j + 1); else cp_async_commit();
-                cp_async_wait1();                              // item j has landed
+                cp_async_wait<NBUF - 2>();                     // item j has landed (NBUF-1 groups were ahead)
                 __syncwarp();
-                const u8* buf = wsm + (j & 1) * NW * cbytes;
+                const u8* buf[NW];
+                _Pragma("unroll") for (int v = 0; v < NW; v++)
+                    buf[v] = wsm + ((j % NBUF) * NW + v) * bstride + ((size_t)src_of(j, v) & 15);
                 for (int u = lane; u < nw / 32; u += 32) {
                     const int e = u * 32;
                     const int boff = e / Q::BLOCK * Q::NBYTES, i = e % Q::BLOCK;
-                    float w[NW][32], mn[NW];
-                    _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                        const u8* b = buf + v * cbytes + boff;
+                    float q[NW][32], dl[NW][4], ml[NW][4];
+                    _Pragma("unroll") for (int v = 0; v < NW; v++) Q::unit(buf[v] + boff, i, q[v], dl[v], ml[v]);
 #pragma unroll
-                        for (int q = 0; q < 4; q++) {
-                            float m;
-                            const int ofs = Q::BLOCK == 1 ? 8 * q * Q::NBYTES : 0;  // float rows: b is the element
-                            const int ii = Q::BLOCK == 1 ? 0 : i + 8 * q;
-                            if (split) Q::template decode8<true>(b + ofs, ii, w[v] + 8 * q, m);
-                            else Q::template decode8<false>(b + ofs, ii, w[v] + 8 * q, m);
-                            if (q == 0) mn[v] = m;
-                        }
-                    }
-#pragma unroll
-                    for (int t = 0; t < MAXT; t++) {
+                    for (int t = 0; t < TT; t++) {
                         if (t >= nt) break;
-                        const float4* x4 = (const float4*)(xs + ((size_t)t * units + u) * XSLOT);
-                        float xv[32];
+                        const float* xu = xs + ((size_t)t * units + u) * XSLOT;
+                        float sx[4];
+                        if (Q::USES_MIN) { const float4 s4 = *(const float4*)(xu + 32); sx[0] = s4.x; sx[1] = s4.y; sx[2] = s4.z; sx[3] = s4.w; }
 #pragma unroll
-                        for (int q = 0; q < 8; q++) {
-                            const float4 a = x4[q];
-                            xv[4*q] = a.x; xv[4*q+1] = a.y; xv[4*q+2] = a.z; xv[4*q+3] = a.w;
-                        }
-                        const float sb = split ? S[((long long)mx[m0 + t] * n_in + c0 + e) / 32] : 0.f;
-                        _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                        for (int gg = 0; gg < 4; gg++) {
+                            const float4 a = *(const float4*)(xu + 8 * gg), b = *(const float4*)(xu + 8 * gg + 4);
+                            const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                            _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                                const float* qq = q[v] + 8 * gg;
+                                float s = __fmul_rn(qq[0], xv[0]);
 #pragma unroll
-                            for (int q = 0; q < 4; q++) {
-                                float s = 0.f;
-#pragma unroll
-                                for (int jj = 0; jj < 8; jj++) s = s + w[v][8*q + jj] * xv[8*q + jj];
-                                if (split && q == 0) s = s - mn[v] * sb;
-                                acc[k][v][t] = acc[k][v][t] + s;
+                                for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(qq[jj], xv[jj], s);
+                                float a2 = __fmaf_rn(dl[v][gg], s, acc[k][v][t]);
+                                if (Q::USES_MIN) a2 = __fmaf_rn(-ml[v][gg], sx[gg], a2);
+                                acc[k][v][t] = a2;
                             }
                         }
                     }
                 }
-                __syncwarp();                                  // buffer j & 1 is refilled two items later
+                __syncwarp();                                  // buffer j % NBUF is refilled next
+                fetch(j + NBUF - 1);
             }
         }
+        cp_async_wait<0>();
 #pragma unroll
         for (int k = 0; k < RPW; k++) {
             const int r = r0 + k * WARPS;
 #pragma unroll
-            for (int t = 0; t < MAXT; t++) {
+            for (int t = 0; t < TT; t++) {
                 if (t >= nt) break;
                 float vv[NW];
                 _Pragma("unroll") for (int v = 0; v < NW; v++) {
@@ -171,41 +174,39 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     }
 }
 
-// Dequantise rows to float32 (the baseline's first half: dequantise, then cuBLAS).
+// Dequantise rows to float32 (the baseline's first half: dequantise, then cuBLAS): dl·q − ml,
+// one rounding each (--fmad=false), which is gguf-py's value.
 template <class Q>
 __device__ void dequant_rows(const u8* __restrict__ W, int row_bytes, int n_in, long long n_rows, float* __restrict__ out) {
     const long long gid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long per_row = n_in / 8;
+    const long long per_row = n_in / 32;
     if (gid >= n_rows * per_row) return;
     const long long r = gid / per_row;
-    const int e = (int)(gid % per_row) * 8;
-    float w[8], m;
-    Q::template decode8<false>(W + r * row_bytes + e / Q::BLOCK * Q::NBYTES, e % Q::BLOCK, w, m);
+    const int e = (int)(gid % per_row) * 32;
+    float q[32], dl[4], ml[4];
+    Q::unit(W + r * row_bytes + e / Q::BLOCK * Q::NBYTES, e % Q::BLOCK, q, dl, ml);
     float4* o = (float4*)(out + r * n_in + e);
-    o[0] = make_float4(w[0], w[1], w[2], w[3]);
-    o[1] = make_float4(w[4], w[5], w[6], w[7]);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int g = j / 2;
+        o[j] = make_float4(dl[g] * q[4*j] - ml[g], dl[g] * q[4*j+1] - ml[g], dl[g] * q[4*j+2] - ml[g], dl[g] * q[4*j+3] - ml[g]);
+    }
 }
 
+#define MATVEC(KIND, Q, GU, RPW, TT, MINB)                                                                      \
+extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB) KIND##_##Q(                                     \
+        const u8* W, const u8* W2, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,   \
+        const int* mx, const int* mo, const float* X, const float* S, float* out, float* out2, float* out3,     \
+        int mode, int act, float alpha, float limit, int cw) {                                                  \
+    moe_rows<Q, GU, RPW, TT>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, out2, out3, mode, act,    \
+                             alpha, limit, cw);                                                                 \
+}
+// moe_matvec1 / moe_gate_up1: groups of one member (single token, or per-slot down inputs)
 #define ENTRY(Q)                                                                                                \
-extern "C" __global__ void __launch_bounds__(WARPS * 32, 2) moe_matvec_##Q(                                    \
-        const u8* W, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart, const int* mx,  \
-        const int* mo, const float* X, const float* S, float* out, int mode, int cw, int tcap) {                \
-    moe_rows<Q, false, 1>(W, nullptr, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, nullptr, nullptr, mode, \
-                          0, 0.f, 0.f, cw, tcap);                                                               \
-}                                                                                                               \
-extern "C" __global__ void __launch_bounds__(WARPS * 32, 2) moe_matvec4_##Q(                                   \
-        const u8* W, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart, const int* mx,  \
-        const int* mo, const float* X, const float* S, float* out, int mode, int cw, int tcap) {                \
-    moe_rows<Q, false, 4>(W, nullptr, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, nullptr, nullptr, mode, \
-                          0, 0.f, 0.f, cw, tcap);                                                               \
-}                                                                                                               \
-extern "C" __global__ void __launch_bounds__(WARPS * 32) moe_gate_up_##Q(                                      \
-        const u8* Wg, const u8* Wu, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,  \
-        const int* mx, const int* mo, const float* X, const float* S, float* g, float* u, float* a, int mode,   \
-        int act, float alpha, float limit, int cw, int tcap) {                                                  \
-    moe_rows<Q, true, 1>(Wg, Wu, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, g, u, a, mode, act, alpha, limit, \
-                         cw, tcap);                                                                             \
-}                                                                                                               \
+MATVEC(moe_matvec, Q, false, 1, MAXT, 1)                                                                        \
+MATVEC(moe_matvec1, Q, false, 4, 1, 2)                                                                          \
+MATVEC(moe_gate_up, Q, true, 1, MAXT, 1)                                                                        \
+MATVEC(moe_gate_up1, Q, true, 4, 1, 2)                                                                          \
 extern "C" __global__ void dequant_##Q(const u8* W, int rb, int n_in, long long n_rows, float* out) {          \
     dequant_rows<Q>(W, rb, n_in, n_rows, out);                                                                  \
 }
