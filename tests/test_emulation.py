@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moeparity.backends import gpu_layout as L
-from moeparity.backends.emulated import fmaf, group_sums, kernel_rows
+from moeparity.backends.emulated import fmaf, group_sums, kernel_parts, kernel_rows
 from moeparity.qtypes import QTYPES
 from moeparity.quant import dequant as dq
 from moeparity.quant import quantize as _quantize
@@ -72,8 +72,8 @@ def fma_np(a, b, c):
     return s.astype(F32)
 
 
-def reference(Q, DL, ML, x, sig, cw, uses_min):
-    """Vectorised over rows: group dot (fma chain), dl/ml fmas, per-lane unit order, butterfly."""
+def reference(Q, DL, ML, x, sig, cw, rt, off, uses_min):
+    """Vectorised over rows: group dot (fma chain), offset/dl/ml fmas, lane of each unit, butterfly."""
     R, n = Q.shape
     G = n // 8
     xg = np.broadcast_to(x.reshape(1, G, 8), (R, G, 8))
@@ -81,37 +81,52 @@ def reference(Q, DL, ML, x, sig, cw, uses_min):
     s = (qg[:, :, 0] * xg[:, :, 0]).astype(F32)
     for j in range(1, 8):
         s = fma_np(qg[:, :, j], xg[:, :, j], s)
+    if off:
+        s = fma_np(np.full_like(s, -off), np.broadcast_to(sig, s.shape), s)
     acc = np.zeros((R, 32), F32)
-    upc = cw // 32
-    for u in range(n // 32):
-        lane = (u % upc) % 32
-        a = acc[:, lane]
+    upc, nunits = cw // 32, n // 32
+    rows = np.arange(R)
+    for u in range(nunits):
+        c0 = u // upc * upc
+        lanes = ((rows % rt) * min(upc, nunits - c0) + u - c0) % 32
+        a = acc[rows, lanes]
         for g in range(4 * u, 4 * u + 4):
             a = fma_np(DL[:, g], s[:, g], a)
             if uses_min:
                 a = fma_np(-ML[:, g], np.full(R, sig[g], F32), a)
-        acc[:, lane] = a
+        acc[rows, lanes] = a
     lanes = np.arange(32)
-    for off in (16, 8, 4, 2, 1):
-        acc = acc + acc[:, lanes ^ off]
+    for o in (16, 8, 4, 2, 1):
+        acc = acc + acc[:, lanes ^ o]
     return acc[:, 0]
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q4_1", "Q2_K", "F16"])
-@pytest.mark.parametrize("n,cw", [(256, 256), (768, 768), (2048, 1024), (2048, 2048), (4096, 1024)])
-def test_numba_emulation_matches_reference_bit_for_bit(qtype, n, cw, rng):
+@pytest.mark.parametrize("n,cw,rt", [(256, 256, 1), (768, 768, 4), (2048, 1024, 2), (2048, 2048, 4), (4096, 1024, 1)])
+def test_numba_emulation_matches_reference_bit_for_bit(qtype, n, cw, rt, rng):
     qt = QTYPES[qtype]
     R, P = 6, 2
     w = (rng.standard_t(5, size=(R, n)) * rng.uniform(0.01, 1)).astype(F32)
-    q, dl, ml = dq.parts8(quantize(w, qt), qt)
+    q, dl, ml, off = kernel_parts(*dq.parts8(quantize(w, qt), qt), qtype)
     Q, DL, ML = q.reshape(R, n), dl.reshape(R, -1), ml.reshape(R, -1)
     X = rng.standard_normal((P, n)).astype(F32)
     sig = group_sums(X)
     uses_min = qtype in L.USES_MIN
     out = np.empty((P, R), F32)
-    kernel_rows(Q, DL, ML, X, sig, cw, uses_min, out)
+    kernel_rows(Q, DL, ML, X, sig, np.zeros((P, 1), F32), cw, rt, off, uses_min, False, out)
     for p in range(P):
-        assert np.array_equal(out[p], reference(Q, DL, ML, X[p], sig[p], cw, uses_min))
+        assert np.array_equal(out[p], reference(Q, DL, ML, X[p], sig[p], cw, rt, off, uses_min))
+
+
+@pytest.mark.parametrize("qtype", list(L.AFFINE))
+def test_kernel_encoding_is_exact(qtype, rng):
+    """(q' − OFF)·dl' is dl·q exactly: the affine encoding loses nothing."""
+    qt = QTYPES[qtype]
+    q, dl, ml = dq.parts8(quantize((rng.standard_normal((4, 512)) * 0.1).astype(F32), qt), qt)
+    q2, dl2, _, off = kernel_parts(q, dl, ml, qtype)
+    assert off > 0 and not np.array_equal(q2, q)
+    g = lambda a: a.reshape(a.shape[0], -1, 8)
+    assert np.array_equal((g(q2) - F32(off)) * dl2[:, :, None], g(q) * dl[:, :, None])
 
 
 def test_order_matters_so_the_test_can_fail(rng):
@@ -123,7 +138,9 @@ def test_order_matters_so_the_test_can_fail(rng):
     q, dl, ml = dq.parts8(blocks, qt)
     X = rng.standard_normal((1, 2048)).astype(F32)
     out = np.empty((1, 16), F32)
-    kernel_rows(q.reshape(16, -1), dl.reshape(16, -1), ml.reshape(16, -1), X, group_sums(X), 1024, True, out)
+    q, dl, ml, off = kernel_parts(q, dl, ml, "Q4_K")
+    kernel_rows(q.reshape(16, -1), dl.reshape(16, -1), ml.reshape(16, -1), X, group_sums(X), np.zeros((1, 1), F32),
+                1024, 4, off, True, False, out)
     W = dq.dequantize_blocks(blocks, qt).reshape(16, 2048)
     assert not np.array_equal(out[0], (W @ X[0]).astype(F32))
     assert np.allclose(out[0], W.astype(np.float64) @ X[0], rtol=1e-4, atol=1e-3)

@@ -40,7 +40,7 @@ class CudaBackend(Backend):
     name = "cuda"
     act_modes = ("f32", "q8_1")
 
-    def __init__(self, device: int = 0):
+    def __init__(self, device: int = 0, defines: tuple = ()):
         try:
             import cupy as cp
             cp.cuda.Device(device).use()
@@ -50,7 +50,7 @@ class CudaBackend(Backend):
         self.cp = cp
         self.label = f"cuda ({props['name'].decode() if isinstance(props['name'], bytes) else props['name']})"
         src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
-        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",))
+        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",) + tuple(defines))
         super().__init__()
         self.uploader = ExpertUploader(cp)
 
@@ -116,14 +116,14 @@ class Launch:
         Xq, S, mode = L.activations(X, qt, act)
         nw = len(Ws)
         tcap = L.tcap_of(start)
-        rpw, cw = L.rows_per_warp(tcap), L.chunk_weights(qt, tcap, n_in, nw)
+        cw = L.chunk_weights(qt, tcap, n_in, nw)
         row_bytes = n_in // qt.block * qt.nbytes
         self.smem = L.smem_bytes(qt, cw, tcap, nw)
         self.outs = [cp.empty((T * k, R), cp.float32) for _ in range(1 if nw == 1 else 3)]
         self.fn = be.module.get_function(
             f"{'moe_matvec' if nw == 1 else 'moe_gate_up'}{'1' if tcap == 1 else ''}_{qt.name}")
         self.fn.max_dynamic_shared_size_bytes = self.smem
-        self.grid = (-(-R // (L.WARPS * rpw)), len(experts))
+        self.grid = (-(-R // L.rows_per_block(tcap, nw)), len(experts))
         o = self.outs
         self.args = (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
                      cp.asarray(np.arange(len(experts)) if index is None else index, dtype=cp.int32),

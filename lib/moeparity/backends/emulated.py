@@ -1,10 +1,11 @@
 """emulated-cuda: the CUDA kernels' algorithm on the CPU, for machines without a GPU.
 
-Same factorised weights (quant/dequant.py's parts8: q, dl, ml per 8 weights, what the kernels'
-Q::unit computes), same x staging (group sums Σx in the same order, or q8_1 block sums), same
-per-lane arithmetic (in each chunk of CW weights lane L takes the 32-weight units L, L+32, …; per
-8-weight group s = q0·x0, then fma(q_j, x_j, s); acc = fma(dl, s, acc); acc = fma(-ml, Σx, acc)),
-same xor-butterfly reduction and chunk size (gpu_layout.py), in numba without fastmath. The GPU's
+Same factorised weights (quant/dequant.py's parts8: q, dl, ml per 8 weights, in the kernels'
+encoding: kernel_parts), same x staging (group sums Σx in the same order, q8_1 block sums), same
+per-lane arithmetic (in each chunk the tile's units are dealt round-robin to the lanes; per
+8-weight group s = q0·x0, then fma(q_j, x_j, s), fma(-OFF, Σx, s); acc = fma(dl, s, acc);
+acc = fma(-ml, Σx or S, acc)), same xor-butterfly reduction, chunk size and tile height
+(gpu_layout.py), in numba without fastmath. The GPU's
 fused multiply-add is reproduced exactly: the float64 product of two floats is exact, the float64
 sum is rounded to odd (TwoSum), and rounding that to float32 is then the correctly rounded fma.
 Every output is labelled emulated.
@@ -48,22 +49,23 @@ def group_sums(X: np.ndarray) -> np.ndarray:
     return s
 
 
-def staged_sums(X: np.ndarray, S: np.ndarray, qt, mode: int) -> np.ndarray:
-    """The 4 per-unit floats the kernel stages after x: group sums, or (S, 0, 0, 0) in q8_1 mode
-    for formats whose min uses llama.cpp's block sum."""
-    if mode == 1 and qt.name in L.MIN_FORMATS:
-        sig = np.zeros((X.shape[0], X.shape[1] // 8), F32)
-        sig[:, ::4] = S
-        return sig
-    return group_sums(X)
+def kernel_parts(q, dl, ml, name: str):
+    """parts8 as the kernels hold them: for AFFINE formats q' = 1/2 + (q + BIAS)/K, dl' = K·dl (both
+    exact), and the offset OFF = 1/2 + BIAS/K the kernel subtracts per group; else OFF = 0."""
+    if name not in L.AFFINE:
+        return q, dl, ml, 0.0
+    K, bias = L.AFFINE[name]
+    return ((q + F32(bias)) / F32(K) + F32(0.5)).astype(F32), (dl * F32(K)).astype(F32), ml, 0.5 + bias / K
 
 
 @njit(parallel=True, cache=True)
-def kernel_rows(Q, DL, ML, X, SIG, cw, uses_min, out):
-    """out[p, r] = the kernel's reduction of row r (Q, DL, ML) against x row p (X, SIG).
+def kernel_rows(Q, DL, ML, X, SIG, SB, cw, rt, off, uses_min, block_sum, out):
+    """out[p, r] = the kernel's reduction of row r (Q, DL, ML) against x row p (X, its group sums
+    SIG, its q8_1 block sums SB).
 
-    Chunks of cw weights; in a chunk lane L takes units (32 weights) L, L+32, …; each unit adds its
-    four 8-weight groups in order; then the xor butterfly, lane 0's value.
+    Chunks of cw weights; in a chunk of U units (32 weights) unit u of row r goes to lane
+    ((r mod rt)·U + u) mod 32; each unit adds its four 8-weight groups in order; then the xor
+    butterfly, lane 0's value.
     """
     R, n = Q.shape
     P = X.shape[0]
@@ -74,24 +76,31 @@ def kernel_rows(Q, DL, ML, X, SIG, cw, uses_min, out):
         r = job % R
         acc = np.zeros(32, np.float32)
         for u in range(nunits):
-            lane = (u % upc) % 32
+            c0 = (u // upc) * upc
+            U = min(upc, nunits - c0)
+            lane = ((r % rt) * U + u - c0) % 32
             a = acc[lane]
             for g in range(4 * u, 4 * u + 4):
                 e = 8 * g
                 s = np.float32(Q[r, e] * X[p, e])
                 for j in range(1, 8):
                     s = fmaf(Q[r, e + j], X[p, e + j], s)
+                if off != 0.0:
+                    s = fmaf(np.float32(-off), SIG[p, g], s)
                 a = fmaf(DL[r, g], s, a)
                 if uses_min:
-                    a = fmaf(-ML[r, g], SIG[p, g], a)
+                    if not block_sum:
+                        a = fmaf(-ML[r, g], SIG[p, g], a)
+                    elif g == 4 * u:
+                        a = fmaf(-ML[r, g], SB[p, u], a)
             acc[lane] = a
-        off = 16
-        while off > 0:
+        off2 = 16
+        while off2 > 0:
             nxt = np.empty(32, np.float32)
             for lane in range(32):
-                nxt[lane] = acc[lane] + acc[lane ^ off]
+                nxt[lane] = acc[lane] + acc[lane ^ off2]
             acc = nxt
-            off //= 2
+            off2 //= 2
         out[p, r] = acc[0]
 
 
@@ -102,7 +111,9 @@ class EmulatedCudaBackend(Backend):
 
     def _rows(self, tensor, qt, e):
         q, dl, ml = dq.parts8(np.asarray(tensor.expert(int(e))).reshape(-1, qt.nbytes), qt)
-        return q.reshape(tensor.n_out, -1), dl.reshape(tensor.n_out, -1), ml.reshape(tensor.n_out, -1)
+        q, dl, ml, off = kernel_parts(q, dl, ml, qt.name)
+        R = tensor.n_out
+        return q.reshape(R, -1), dl.reshape(R, -1), ml.reshape(R, -1), off
 
     def moe_matvec(self, tensor, ids, x, act="f32", nw: int = 1):
         self.check_act(act)
@@ -112,16 +123,20 @@ class EmulatedCudaBackend(Backend):
         T, k = ids.shape
         X = np.ascontiguousarray(xb.reshape(T * k, -1), F32)
         Xq, S, mode = L.activations(X, qt, act)
-        sig = staged_sums(Xq, S, qt, mode)
-        cw = L.chunk_weights(qt, L.tcap_of(L.layout(ids, True)[1]), tensor.n_in, nw)
+        sig = group_sums(Xq)
+        tcap = L.tcap_of(L.layout(ids, True)[1])
+        cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)
+        rt = L.shape(tcap, nw)[1]
         uses_min = qt.name in L.USES_MIN
+        block_sum = mode == 1 and qt.name in L.MIN_FORMATS
         out = np.empty((T * k, tensor.n_out), F32)
         flat = ids.reshape(-1)
         for e in np.unique(flat):
-            Q, DL, ML = self._rows(tensor, qt, e)
+            Q, DL, ML, off = self._rows(tensor, qt, e)
             sel = np.nonzero(flat == e)[0]
             res = np.empty((len(sel), tensor.n_out), F32)
-            kernel_rows(Q, DL, ML, np.ascontiguousarray(Xq[sel]), np.ascontiguousarray(sig[sel]), cw, uses_min, res)
+            kernel_rows(Q, DL, ML, np.ascontiguousarray(Xq[sel]), np.ascontiguousarray(sig[sel]),
+                        np.ascontiguousarray(S[sel], F32), cw, rt, off, uses_min, block_sum, res)
             out[sel] = res
         return out.reshape(T, k, tensor.n_out)
 

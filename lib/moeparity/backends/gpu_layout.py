@@ -8,7 +8,12 @@ from ..errors import BadArgument
 from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
-WARPS, MAXT, LANES, GROUP, UNIT, XSLOT, NBUF = 8, 8, 32, 8, 32, 36, 4   # must match kernels/moe_matvec.cu
+WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 8, 8, 32, 8, 32, 44   # must match kernels/moe_matvec.cu
+# (rows per warp, rows per tile, ring depth) of each kernel: SHAPE_1, SHAPE_1GU, SHAPE_T there
+SHAPES = {(1, 1): (2, 4, 2), (1, 2): (2, 2, 2), (MAXT, 1): (1, 1, 4), (MAXT, 2): (1, 1, 4)}
+# formats whose kernels decode q = 1/2 + field/K and fold the offset into Σx: (K, BIAS) as in
+# kernels/decode.cuh's QTYPE rows
+AFFINE = {"Q4_K": (32.0, 0.0), "Q6_K": (128.0, 32.0)}
 # Dynamic shared memory a block may use: fits every sm_80+ GPU's opt-in limit (sm_86/89: 99 KB).
 # A constant, not a device query: the chunk size it implies fixes lane ownership, which the
 # emulation (no device) must reproduce.
@@ -28,13 +33,19 @@ def tcap_of(start: np.ndarray) -> int:
     return 1 if np.diff(start).max(initial=1) <= 1 else MAXT
 
 
-def buffer_stride(qt, cw: int) -> int:
-    """Bytes per weight buffer: a chunk plus the slack of its 16-byte-aligned copy."""
+def shape(tcap: int, nw: int = 1):
+    """(rows per warp, rows per tile, ring depth) of the kernel that serves groups of up to tcap."""
+    return SHAPES[(tcap, nw)]
+
+
+def row_stride(qt, cw: int) -> int:
+    """Bytes per buffered row slice: a chunk plus the slack of its 16-byte-aligned copy."""
     return (cw // qt.block * qt.nbytes + 31) & ~15
 
 
 def smem_bytes(qt, cw: int, tcap: int, nw: int = 1) -> int:
-    return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * NBUF * nw * buffer_stride(qt, cw)
+    _, rt, nbuf = shape(tcap, nw)
+    return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * nbuf * nw * rt * row_stride(qt, cw)
 
 
 def chunk_weights(qt, tcap: int, n_in: int, nw: int = 1) -> int:
@@ -50,9 +61,9 @@ def chunk_weights(qt, tcap: int, n_in: int, nw: int = 1) -> int:
     raise BadArgument(f"{qt.name}: no chunk size fits shared memory")
 
 
-def rows_per_warp(tcap: int) -> int:
-    """The single-member kernels walk 4 rows per warp, the MAXT-member ones 1 (register budget)."""
-    return 4 if tcap == 1 else 1
+def rows_per_block(tcap: int, nw: int = 1) -> int:
+    rpw, rt, _ = shape(tcap, nw)
+    return WARPS * rpw * rt
 
 
 def layout(ids: np.ndarray, shared: bool):

@@ -1,29 +1,40 @@
-// Fused dequantise-matvec for selected experts, warp per output row.
+// Fused dequantise-matvec for selected experts.
 //
 // Work is given as groups: group g = one expert (local index gexp[g] into W) and the members
 // gstart[g]..gstart[g+1] routed to it; member m reads x row mx[m] and writes out row mo[m].
-// A block of WARPS warps takes WARPS·RPW rows of one group and walks the rows in chunks of CW
-// weights. Per chunk the block stages x of up to TT members in shared memory: one padded slot of
-// XSLOT floats per 32 weights (32 values, then the four sequential 8-term sums Σx that the min
-// term needs; in q8_1 mode for MIN_Q8_1 formats the slot holds llama.cpp's block sum S and zeros).
-// Each warp streams its (chunk, row) items through an NBUF-deep ring of shared buffers with
-// cp.async (16-byte copies from the 16-byte-aligned address at or below the row chunk), so
-// NBUF-1 items are in flight while one is computed.
+// A block of WARPS warps takes WARPS·RPW·RT rows of one group: warp w's tile k is the RT rows
+// from (blockIdx.x·WARPS·RPW + k·WARPS + w)·RT. Rows are walked in chunks of CW weights; per chunk
+// the block stages x of up to TT members in shared memory, one padded slot of XSLOT floats per
+// 32 weights: 32 values, the four sequential 8-term sums Σx (formats with OFF or a min), and in
+// q8_1 mode llama.cpp's block sum S. Each warp streams its (chunk, tile) items through an NB-deep
+// ring of shared buffers with cp.async (16-byte copies of the aligned span around the bytes), so
+// NB-1 items are in flight while one is computed.
 //
-// Arithmetic (bit-exact in backends/emulated.py): in a chunk, lane L takes the 32-weight units L,
-// L+32, …; Q::unit gives q, dl, ml per 8-weight group; per group and member
-//     s = q0·x0; s = fma(q_j, x_j, s) for j = 1..7;  acc = fma(dl, s, acc);  acc = fma(-ml, Σx, acc)
-// (the last only for USES_MIN formats); then a butterfly (xor 16, 8, 4, 2, 1) over the lanes.
-// The build uses --fmad=false, so these are the only fused operations.
+// Arithmetic (bit-exact in backends/emulated.py): in a chunk of U = nw/32 units (32 weights) the
+// tile's RT·U units are dealt round-robin to the lanes: unit u of tile row p goes to lane
+// (p·U + u) mod 32, which keeps one partial per (row, lane). Q::unit gives q, dl, ml per 8-weight
+// group; per group and member
+//     s = q0·x0; s = fma(q_j, x_j, s) for j = 1..7;  [s = fma(-OFF, Σx, s)]
+//     acc = fma(dl, s, acc);  [acc = fma(-ml, Σx, acc), or once per unit fma(-ml, S, acc) in q8_1]
+// then per row a butterfly (xor 16, 8, 4, 2, 1) over the lanes. The build uses --fmad=false, so
+// these are the only fused operations.
 //
-// GATE_UP: W2 is the up tensor; one warp does the gate row and the up row of the same expert off
-// one read of x and writes gate, up and act(gate, up) (act: 0 silu, 1 gelu_tanh, 2 swiglu_oai).
+// GATE_UP: W2 is the up tensor; a warp does the gate rows and the up rows of its tile off one
+// read of x and writes gate, up and act(gate, up) (act: 0 silu, 1 gelu_tanh, 2 swiglu_oai).
 #include "decode.cuh"
 
 #define WARPS 8
 #define MAXT 8
-#define XSLOT 36            // floats per staged 32-weight unit of x: 32 values + 4 group sums
-#define NBUF 4              // weight buffers per warp
+#define XSLOT 44            // floats per staged 32-weight unit of x: 32 values, 4 group sums, S, pad
+// kernel shapes (gpu_layout.SHAPES): rows per warp, rows per tile, ring depth
+#ifndef SHAPE_1
+#define SHAPE_1 2, 4, 2     // single-member matvec
+#endif
+#define SHAPE_1GU 2, 2, 2   // single-member gate+up
+#define SHAPE_T 1, 1, 4     // up to MAXT members
+#ifndef MINB_1
+#define MINB_1 2            // blocks per SM the single-member kernels are built for (registers)
+#endif
 
 __device__ __forceinline__ float act_fn(int act, float g, float u, float alpha, float limit) {
     if (act == 0) { const float s = 1.0f / (1.0f + expf(-g)); return g * s * u; }
@@ -54,120 +65,140 @@ __device__ __forceinline__ void issue(u8* dst, const u8* src, int nbytes, int la
     for (int k = lane; k < n16; k += 32) cp_async16(dst + 16 * k, a + 16 * k);
 }
 
-// Dynamic shared memory: [x: TT × CW/32 slots × XSLOT floats][weights: WARPS × NBUF × NW × bstride].
-// Each warp takes RPW rows (r = base + warp + k·WARPS) and walks its (chunk, row) items in order.
-template <class Q, bool GATE_UP, int RPW, int TT>
+// Dynamic shared memory: [x: TT × CW/32 slots × XSLOT floats][weights: WARPS × NB × NW × RT row slices].
+template <class Q, bool GATE_UP, int RPW, int RT, int NB, int TT>
 __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long expert_stride, int R,
                          int row_bytes, int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
                          const int* __restrict__ mx, const int* __restrict__ mo, const float* __restrict__ X,
                          const float* __restrict__ S, float* __restrict__ out, float* __restrict__ out2,
                          float* __restrict__ out3, int mode, int act, float alpha, float limit, int CW) {
     constexpr int NW = GATE_UP ? 2 : 1;
+    constexpr bool SIGMA = Q::USES_MIN || Q::OFF != 0.f;
     extern __shared__ __align__(16) unsigned char dsm[];
     float* xs = (float*)dsm;
     const int units = CW / 32;
-    const int bstride = (CW / Q::BLOCK * Q::NBYTES + 31) & ~15;       // chunk bytes + alignment slack
+    const int rstride = (CW / Q::BLOCK * Q::NBYTES + 31) & ~15;       // a row slice + alignment slack
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    u8* wsm = dsm + (size_t)TT * units * XSLOT * 4 + (size_t)warp * NBUF * NW * bstride;
+    u8* wsm = dsm + (size_t)TT * units * XSLOT * 4 + (size_t)warp * NB * NW * RT * rstride;
     const int g = blockIdx.y;
-    const int r0 = blockIdx.x * WARPS * RPW + warp;
+    const int rbase = (blockIdx.x * WARPS * RPW + warp) * RT;         // tile k starts at rbase + k·WARPS·RT
     const long long ebase = (long long)gexp[g] * expert_stride;
     const bool block_sum = Q::MIN_Q8_1 && mode == 1;
     const int nchunks = (n_in + CW - 1) / CW;
+    const bool whole = nchunks == 1;                   // a tile's rows are one contiguous span
     const int nitems = nchunks * RPW;
-    auto src_of = [&](int j, int v) {                    // item j = (chunk j / RPW, row k = j % RPW)
-        const int r = r0 + (j % RPW) * WARPS;            // rows past R read row 0 (valid memory), dropped
+    // item j = (chunk j / RPW, tile j % RPW); rows past R read row 0 (valid memory) and are dropped
+    auto row_src = [&](int j, int v, int p) {
+        const int r = rbase + (j % RPW) * WARPS * RT + p;
         return (v ? W2 : W) + ebase + (long long)(r < R ? r : 0) * row_bytes
                + (long long)((j / RPW) * CW) / Q::BLOCK * Q::NBYTES;
     };
+    auto buffer = [&](int j, int v) { return wsm + ((size_t)(j % NB) * NW + v) * RT * rstride; };
     auto fetch = [&](int j) {
         if (j < nitems) {
             const int nw = min(CW, n_in - (j / RPW) * CW);
-            _Pragma("unroll") for (int v = 0; v < NW; v++)
-                issue(wsm + ((j % NBUF) * NW + v) * bstride, src_of(j, v), nw / Q::BLOCK * Q::NBYTES, lane);
+            _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                if (whole) {
+                    const int r0 = rbase + (j % RPW) * WARPS * RT, nr = max(0, min(RT, R - r0));
+                    issue(buffer(j, v), row_src(j, v, 0), nr * row_bytes, lane);
+                } else {
+                    _Pragma("unroll") for (int p = 0; p < RT; p++)
+                        issue(buffer(j, v) + p * rstride, row_src(j, v, p), nw / Q::BLOCK * Q::NBYTES, lane);
+                }
+            }
         }
         cp_async_commit();                               // (an empty group keeps the wait count uniform)
     };
     for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += TT) {
         const int nt = min(TT, gstart[g + 1] - m0);
-        float acc[RPW][NW][TT];
-        _Pragma("unroll") for (int k = 0; k < RPW; k++) _Pragma("unroll") for (int v = 0; v < NW; v++)
-            _Pragma("unroll") for (int t = 0; t < TT; t++) acc[k][v][t] = 0.f;
+        float acc[RPW][RT][NW][TT];
+        _Pragma("unroll") for (int k = 0; k < RPW; k++) _Pragma("unroll") for (int p = 0; p < RT; p++)
+            _Pragma("unroll") for (int v = 0; v < NW; v++) _Pragma("unroll") for (int t = 0; t < TT; t++)
+                acc[k][p][v][t] = 0.f;
 #pragma unroll
-        for (int j = 0; j < NBUF - 1; j++) fetch(j);
+        for (int j = 0; j < NB - 1; j++) fetch(j);
         for (int c = 0; c < nchunks; c++) {
-            const int c0 = c * CW, nw = min(CW, n_in - c0);
+            const int c0 = c * CW, nw = min(CW, n_in - c0), U = nw / 32;
             __syncthreads();                                   // everyone is done with the previous x chunk
             for (int f = threadIdx.x; f < nt * (nw / 8); f += WARPS * 32) {
                 const int t = f / (nw / 8), e = (f % (nw / 8)) * 8;   // 8-weight group at chunk offset e
-                const float* src = X + (long long)mx[m0 + t] * n_in + c0 + e;
+                const long long xo = (long long)mx[m0 + t] * n_in + c0 + e;
                 float* dst = xs + ((size_t)t * units + e / 32) * XSLOT;
-                const float4 a = __ldg((const float4*)src), b = __ldg((const float4*)src + 1);
+                const float4 a = __ldg((const float4*)(X + xo)), b = __ldg((const float4*)(X + xo) + 1);
                 *(float4*)(dst + (e & 31)) = a;
                 *(float4*)(dst + (e & 31) + 4) = b;
-                if (Q::USES_MIN) {
-                    float sx;
-                    if (block_sum) sx = (e & 31) ? 0.f : S[((long long)mx[m0 + t] * n_in + c0 + e) / 32];
-                    else sx = ((((((a.x + a.y) + a.z) + a.w) + b.x) + b.y) + b.z) + b.w;
-                    dst[32 + (e & 31) / 8] = sx;
-                }
+                if (SIGMA) dst[32 + (e & 31) / 8] = ((((((a.x + a.y) + a.z) + a.w) + b.x) + b.y) + b.z) + b.w;
+                if (block_sum && (e & 31) == 0) dst[36] = S[xo / 32];
             }
             __syncthreads();
 #pragma unroll
             for (int k = 0; k < RPW; k++) {
                 const int j = c * RPW + k;
-                cp_async_wait<NBUF - 2>();                     // item j has landed (NBUF-1 groups were ahead)
+                fetch(j + NB - 1);                             // into the buffer item j-1 used (done)
+                cp_async_wait<NB - 1>();                       // item j has landed
                 __syncwarp();
-                const u8* buf[NW];
-                _Pragma("unroll") for (int v = 0; v < NW; v++)
-                    buf[v] = wsm + ((j % NBUF) * NW + v) * bstride + ((size_t)src_of(j, v) & 15);
-                for (int u = lane; u < nw / 32; u += 32) {
-                    const int e = u * 32;
-                    const int boff = e / Q::BLOCK * Q::NBYTES, i = e % Q::BLOCK;
-                    float q[NW][32], dl[NW][4], ml[NW][4];
-                    _Pragma("unroll") for (int v = 0; v < NW; v++) Q::unit(buf[v] + boff, i, q[v], dl[v], ml[v]);
 #pragma unroll
-                    for (int t = 0; t < TT; t++) {
-                        if (t >= nt) break;
-                        const float* xu = xs + ((size_t)t * units + u) * XSLOT;
-                        float sx[4];
-                        if (Q::USES_MIN) { const float4 s4 = *(const float4*)(xu + 32); sx[0] = s4.x; sx[1] = s4.y; sx[2] = s4.z; sx[3] = s4.w; }
+                for (int p = 0; p < RT; p++) {
+                    const u8* rows[NW];
+                    _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                        const u8* b0 = buffer(j, v);
+                        rows[v] = whole ? b0 + ((size_t)row_src(j, v, 0) & 15) + p * row_bytes
+                                        : b0 + p * rstride + ((size_t)row_src(j, v, p) & 15);
+                    }
+                    for (int u = ((lane - p * U) % 32 + 32) % 32; u < U; u += 32) {
+                        const int e = u * 32;
+                        const int boff = e / Q::BLOCK * Q::NBYTES, i = e % Q::BLOCK;
+                        float q[NW][32], dl[NW][4], ml[NW][4];
+                        _Pragma("unroll") for (int v = 0; v < NW; v++) Q::unit(rows[v] + boff, i, q[v], dl[v], ml[v]);
 #pragma unroll
-                        for (int gg = 0; gg < 4; gg++) {
-                            const float4 a = *(const float4*)(xu + 8 * gg), b = *(const float4*)(xu + 8 * gg + 4);
-                            const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                            _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                                const float* qq = q[v] + 8 * gg;
-                                float s = __fmul_rn(qq[0], xv[0]);
+                        for (int t = 0; t < TT; t++) {
+                            if (t >= nt) break;
+                            const float* xu = xs + ((size_t)t * units + u) * XSLOT;
+                            float sg[4];
+                            if (SIGMA) { const float4 s4 = *(const float4*)(xu + 32); sg[0] = s4.x; sg[1] = s4.y; sg[2] = s4.z; sg[3] = s4.w; }
 #pragma unroll
-                                for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(qq[jj], xv[jj], s);
-                                float a2 = __fmaf_rn(dl[v][gg], s, acc[k][v][t]);
-                                if (Q::USES_MIN) a2 = __fmaf_rn(-ml[v][gg], sx[gg], a2);
-                                acc[k][v][t] = a2;
+                            for (int gg = 0; gg < 4; gg++) {
+                                const float4 a = *(const float4*)(xu + 8 * gg), b = *(const float4*)(xu + 8 * gg + 4);
+                                const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                                _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                                    const float* qq = q[v] + 8 * gg;
+                                    float s = __fmul_rn(qq[0], xv[0]);
+#pragma unroll
+                                    for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(qq[jj], xv[jj], s);
+                                    if (Q::OFF != 0.f) s = __fmaf_rn(-Q::OFF, sg[gg], s);
+                                    float a2 = __fmaf_rn(dl[v][gg], s, acc[k][p][v][t]);
+                                    if (Q::USES_MIN) {
+                                        if (!block_sum) a2 = __fmaf_rn(-ml[v][gg], sg[gg], a2);
+                                        else if (gg == 0) a2 = __fmaf_rn(-ml[v][0], xu[36], a2);
+                                    }
+                                    acc[k][p][v][t] = a2;
+                                }
                             }
                         }
                     }
                 }
-                __syncwarp();                                  // buffer j % NBUF is refilled next
-                fetch(j + NBUF - 1);
+                __syncwarp();                                  // buffer j % NB is refilled next
             }
         }
         cp_async_wait<0>();
 #pragma unroll
         for (int k = 0; k < RPW; k++) {
-            const int r = r0 + k * WARPS;
 #pragma unroll
-            for (int t = 0; t < TT; t++) {
-                if (t >= nt) break;
-                float vv[NW];
-                _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                    vv[v] = acc[k][v][t];
-                    for (int off = 16; off > 0; off >>= 1) vv[v] = vv[v] + __shfl_xor_sync(0xffffffff, vv[v], off);
-                }
-                if (lane == 0 && r < R) {
-                    const long long o = (long long)mo[m0 + t] * R + r;
-                    out[o] = vv[0];
-                    if (GATE_UP) { out2[o] = vv[NW - 1]; out3[o] = act_fn(act, vv[0], vv[NW - 1], alpha, limit); }
+            for (int p = 0; p < RT; p++) {
+                const int r = rbase + k * WARPS * RT + p;
+#pragma unroll
+                for (int t = 0; t < TT; t++) {
+                    if (t >= nt) break;
+                    float vv[NW];
+                    _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                        vv[v] = acc[k][p][v][t];
+                        for (int off = 16; off > 0; off >>= 1) vv[v] = vv[v] + __shfl_xor_sync(0xffffffff, vv[v], off);
+                    }
+                    if (lane == 0 && r < R) {
+                        const long long o = (long long)mo[m0 + t] * R + r;
+                        out[o] = vv[0];
+                        if (GATE_UP) { out2[o] = vv[NW - 1]; out3[o] = act_fn(act, vv[0], vv[NW - 1], alpha, limit); }
+                    }
                 }
             }
         }
@@ -185,6 +216,10 @@ __device__ void dequant_rows(const u8* __restrict__ W, int row_bytes, int n_in, 
     const int e = (int)(gid % per_row) * 32;
     float q[32], dl[4], ml[4];
     Q::unit(W + r * row_bytes + e / Q::BLOCK * Q::NBYTES, e % Q::BLOCK, q, dl, ml);
+    if (Q::OFF != 0.f) {                               // back to q_true and ggml's dl (exact rescalings)
+        for (int j = 0; j < 32; j++) q[j] = (q[j] - Q::OFF) * Q::K;
+        for (int g = 0; g < 4; g++) dl[g] = dl[g] / Q::K;
+    }
     float4* o = (float4*)(out + r * n_in + e);
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -193,25 +228,29 @@ __device__ void dequant_rows(const u8* __restrict__ W, int row_bytes, int n_in, 
     }
 }
 
-#define MATVEC(KIND, Q, GU, RPW, TT, MINB)                                                                      \
+#define MATVEC(KIND, Q, GU, SHAPE, TT, MINB)                                                                    \
 extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB) KIND##_##Q(                                     \
         const u8* W, const u8* W2, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,   \
         const int* mx, const int* mo, const float* X, const float* S, float* out, float* out2, float* out3,     \
         int mode, int act, float alpha, float limit, int cw) {                                                  \
-    moe_rows<Q, GU, RPW, TT>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, out2, out3, mode, act,    \
-                             alpha, limit, cw);                                                                 \
+    moe_rows<Q, GU, SHAPE, TT>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, out2, out3, mode, act,  \
+                               alpha, limit, cw);                                                               \
 }
 // moe_matvec1 / moe_gate_up1: groups of one member (single token, or per-slot down inputs)
 #define ENTRY(Q)                                                                                                \
-MATVEC(moe_matvec, Q, false, 1, MAXT, 1)                                                                        \
-MATVEC(moe_matvec1, Q, false, 4, 1, 2)                                                                          \
-MATVEC(moe_gate_up, Q, true, 1, MAXT, 1)                                                                        \
-MATVEC(moe_gate_up1, Q, true, 4, 1, 2)                                                                          \
+MATVEC(moe_matvec, Q, false, SHAPE_T, MAXT, 1)                                                                  \
+MATVEC(moe_matvec1, Q, false, SHAPE_1, 1, MINB_1)                                                                    \
+MATVEC(moe_gate_up, Q, true, SHAPE_T, MAXT, 1)                                                                  \
+MATVEC(moe_gate_up1, Q, true, SHAPE_1GU, 1, 2)                                                                  \
 extern "C" __global__ void dequant_##Q(const u8* W, int rb, int n_in, long long n_rows, float* out) {          \
     dequant_rows<Q>(W, rb, n_in, n_rows, out);                                                                  \
 }
 
+#ifdef ONLY
+ENTRY(Q4_K) ENTRY(Q6_K)                         // kernel tuning builds (benchmarks/gpu_tune.py)
+#else
 ENTRY(F32) ENTRY(F16) ENTRY(BF16)
 ENTRY(Q4_0) ENTRY(Q4_1) ENTRY(Q5_0) ENTRY(Q5_1) ENTRY(Q8_0)
 ENTRY(Q2_K) ENTRY(Q3_K) ENTRY(Q4_K) ENTRY(Q5_K) ENTRY(Q6_K)
 ENTRY(IQ4_NL) ENTRY(IQ4_XS) ENTRY(MXFP4)
+#endif
