@@ -218,7 +218,7 @@ __device__ void dequant_rows(const u8* __restrict__ W, int row_bytes, int n_in, 
     Q::unit(W + r * row_bytes + e / Q::BLOCK * Q::NBYTES, e % Q::BLOCK, q, dl, ml);
     if (Q::OFF != 0.f) {                               // back to q_true and ggml's dl (exact rescalings)
         for (int j = 0; j < 32; j++) q[j] = (q[j] - Q::OFF) * Q::K;
-        for (int g = 0; g < 4; g++) dl[g] = dl[g] / Q::K;
+        for (int g = 0; g < 4; g++) dl[g] = dl[g] * (1.f / (Q::K ? Q::K : 1.f));
     }
     float4* o = (float4*)(out + r * n_in + e);
 #pragma unroll
