@@ -4,7 +4,7 @@ Same factorised weights (quant/dequant.py's parts8: q, dl, ml per 8 weights, in 
 encoding: kernel_parts), same x staging (group sums Σx in the same order, q8_1 block sums), same
 per-lane arithmetic (in each chunk the tile's units are dealt round-robin to the lanes; per
 8-weight group s = q0·x0, then fma(q_j, x_j, s), fma(-OFF, Σx, s); acc = fma(dl, s, acc);
-acc = fma(-ml, Σx or S, acc)), same xor-butterfly reduction, chunk size and tile height
+acc = fma(-ml, Σx or (S, 0, 0, 0), acc)), same xor-butterfly reduction, chunk size and tile height
 (gpu_layout.py), in numba without fastmath. The GPU's
 fused multiply-add is reproduced exactly: the float64 product of two floats is exact, the float64
 sum is rounded to odd (TwoSum), and rounding that to float32 is then the correctly rounded fma.
@@ -91,8 +91,8 @@ def kernel_rows(Q, DL, ML, X, SIG, SB, cw, rt, off, uses_min, block_sum, out):
                 if uses_min:
                     if not block_sum:
                         a = fmaf(-ML[r, g], SIG[p, g], a)
-                    elif g == 4 * u:
-                        a = fmaf(-ML[r, g], SB[p, u], a)
+                    else:
+                        a = fmaf(-ML[r, g], SB[p, u] if g == 4 * u else np.float32(0.0), a)
             acc[lane] = a
         off2 = 16
         while off2 > 0:

@@ -10,7 +10,7 @@ from .cpu import group_pairs
 
 WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 8, 8, 32, 8, 32, 44   # must match kernels/moe_matvec.cu
 # (rows per warp, rows per tile, ring depth) of each kernel: SHAPE_1, SHAPE_1GU, SHAPE_T there
-SHAPES = {(1, 1): (2, 4, 2), (1, 2): (2, 2, 2), (MAXT, 1): (1, 1, 4), (MAXT, 2): (1, 1, 4)}
+SHAPES = {(1, 1): (4, 4, 2), (1, 2): (2, 2, 2), (MAXT, 1): (1, 1, 4), (MAXT, 2): (1, 1, 4)}
 # formats whose kernels decode q = 1/2 + field/K and fold the offset into Σx: (K, BIAS) as in
 # kernels/decode.cuh's QTYPE rows
 AFFINE = {"Q4_K": (32.0, 0.0), "Q6_K": (128.0, 32.0)}

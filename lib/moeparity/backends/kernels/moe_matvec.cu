@@ -5,8 +5,8 @@
 // A block of WARPS warps takes WARPS·RPW·RT rows of one group: warp w's tile k is the RT rows
 // from (blockIdx.x·WARPS·RPW + k·WARPS + w)·RT. Rows are walked in chunks of CW weights; per chunk
 // the block stages x of up to TT members in shared memory, one padded slot of XSLOT floats per
-// 32 weights: 32 values, the four sequential 8-term sums Σx (formats with OFF or a min), and in
-// q8_1 mode llama.cpp's block sum S. Each warp streams its (chunk, tile) items through an NB-deep
+// 32 weights: 32 values, the four sequential 8-term sums Σx (formats with OFF), the four sums the
+// min term uses (Σx again, or in q8_1 mode llama.cpp's block sum S and three zeros). Each warp streams its (chunk, tile) items through an NB-deep
 // ring of shared buffers with cp.async (16-byte copies of the aligned span around the bytes), so
 // NB-1 items are in flight while one is computed.
 //
@@ -15,7 +15,7 @@
 // (p·U + u) mod 32, which keeps one partial per (row, lane). Q::unit gives q, dl, ml per 8-weight
 // group; per group and member
 //     s = q0·x0; s = fma(q_j, x_j, s) for j = 1..7;  [s = fma(-OFF, Σx, s)]
-//     acc = fma(dl, s, acc);  [acc = fma(-ml, Σx, acc), or once per unit fma(-ml, S, acc) in q8_1]
+//     acc = fma(dl, s, acc);  [acc = fma(-ml, Σx (q8_1 mode: S, 0, 0, 0), acc)]
 // then per row a butterfly (xor 16, 8, 4, 2, 1) over the lanes. The build uses --fmad=false, so
 // these are the only fused operations.
 //
@@ -25,10 +25,10 @@
 
 #define WARPS 8
 #define MAXT 8
-#define XSLOT 44            // floats per staged 32-weight unit of x: 32 values, 4 group sums, S, pad
+#define XSLOT 44            // floats per staged 32-weight unit of x: 32 values, 4 + 4 sums, pad
 // kernel shapes (gpu_layout.SHAPES): rows per warp, rows per tile, ring depth
 #ifndef SHAPE_1
-#define SHAPE_1 2, 4, 2     // single-member matvec
+#define SHAPE_1 4, 4, 2     // single-member matvec
 #endif
 #define SHAPE_1GU 2, 2, 2   // single-member gate+up
 #define SHAPE_T 1, 1, 4     // up to MAXT members
@@ -73,7 +73,6 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                          const float* __restrict__ S, float* __restrict__ out, float* __restrict__ out2,
                          float* __restrict__ out3, int mode, int act, float alpha, float limit, int CW) {
     constexpr int NW = GATE_UP ? 2 : 1;
-    constexpr bool SIGMA = Q::USES_MIN || Q::OFF != 0.f;
     extern __shared__ __align__(16) unsigned char dsm[];
     float* xs = (float*)dsm;
     const int units = CW / 32;
@@ -127,8 +126,9 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 const float4 a = __ldg((const float4*)(X + xo)), b = __ldg((const float4*)(X + xo) + 1);
                 *(float4*)(dst + (e & 31)) = a;
                 *(float4*)(dst + (e & 31) + 4) = b;
-                if (SIGMA) dst[32 + (e & 31) / 8] = ((((((a.x + a.y) + a.z) + a.w) + b.x) + b.y) + b.z) + b.w;
-                if (block_sum && (e & 31) == 0) dst[36] = S[xo / 32];
+                const float sx = ((((((a.x + a.y) + a.z) + a.w) + b.x) + b.y) + b.z) + b.w;
+                if (Q::OFF != 0.f) dst[32 + (e & 31) / 8] = sx;
+                if (Q::USES_MIN) dst[36 + (e & 31) / 8] = !block_sum ? sx : (e & 31) ? 0.f : S[xo / 32];
             }
             __syncthreads();
 #pragma unroll
@@ -137,45 +137,54 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 fetch(j + NB - 1);                             // into the buffer item j-1 used (done)
                 cp_async_wait<NB - 1>();                       // item j has landed
                 __syncwarp();
-#pragma unroll
-                for (int p = 0; p < RT; p++) {
+                // the tile's RT·U units, dealt round-robin: this lane's are f = lane, lane + 32, …
+                // (row p = f / U, unit u = f % U; the partial lives in acc[k][p], picked by predicate).
+                // U is a multiple of the units per block, so a lane's units all sit at the same
+                // offset i in their blocks: the decoder's i-dependent work is loop-invariant.
+                const unsigned i = (32u * lane) % Q::BLOCK;
+                const u8* row0[NW];
+                _Pragma("unroll") for (int v = 0; v < NW; v++) row0[v] = buffer(j, v) + ((size_t)row_src(j, v, 0) & 15);
+                unsigned p = lane / U, u = lane - p * U;
+                for (int f = lane; f < RT * U; f += 32) {
                     const u8* rows[NW];
+                    _Pragma("unroll") for (int v = 0; v < NW; v++)
+                        rows[v] = whole ? row0[v] + p * row_bytes : buffer(j, v) + p * rstride + ((size_t)row_src(j, v, p) & 15);
+                    const unsigned boff = u * 32u / Q::BLOCK * Q::NBYTES;
+                    float q[NW][32], dl[NW][4], ml[NW][4], a2[NW][TT];
                     _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                        const u8* b0 = buffer(j, v);
-                        rows[v] = whole ? b0 + ((size_t)row_src(j, v, 0) & 15) + p * row_bytes
-                                        : b0 + p * rstride + ((size_t)row_src(j, v, p) & 15);
+                        Q::unit(rows[v] + boff, i, q[v], dl[v], ml[v]);
+                        _Pragma("unroll") for (int t = 0; t < TT; t++) {
+                            a2[v][t] = acc[k][0][v][t];
+                            _Pragma("unroll") for (int pp = 1; pp < RT; pp++) if (p == pp) a2[v][t] = acc[k][pp][v][t];
+                        }
                     }
-                    for (int u = ((lane - p * U) % 32 + 32) % 32; u < U; u += 32) {
-                        const int e = u * 32;
-                        const int boff = e / Q::BLOCK * Q::NBYTES, i = e % Q::BLOCK;
-                        float q[NW][32], dl[NW][4], ml[NW][4];
-                        _Pragma("unroll") for (int v = 0; v < NW; v++) Q::unit(rows[v] + boff, i, q[v], dl[v], ml[v]);
 #pragma unroll
-                        for (int t = 0; t < TT; t++) {
-                            if (t >= nt) break;
-                            const float* xu = xs + ((size_t)t * units + u) * XSLOT;
-                            float sg[4];
-                            if (SIGMA) { const float4 s4 = *(const float4*)(xu + 32); sg[0] = s4.x; sg[1] = s4.y; sg[2] = s4.z; sg[3] = s4.w; }
+                    for (int t = 0; t < TT; t++) {
+                        if (TT > 1 && t >= nt) break;
+                        const float* xu = xs + ((size_t)t * units + u) * XSLOT;
+                        float sg[4], sm[4];
+                        if (Q::OFF != 0.f) { const float4 s4 = *(const float4*)(xu + 32); sg[0] = s4.x; sg[1] = s4.y; sg[2] = s4.z; sg[3] = s4.w; }
+                        if (Q::USES_MIN) { const float4 s4 = *(const float4*)(xu + 36); sm[0] = s4.x; sm[1] = s4.y; sm[2] = s4.z; sm[3] = s4.w; }
 #pragma unroll
-                            for (int gg = 0; gg < 4; gg++) {
-                                const float4 a = *(const float4*)(xu + 8 * gg), b = *(const float4*)(xu + 8 * gg + 4);
-                                const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                                _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                                    const float* qq = q[v] + 8 * gg;
-                                    float s = __fmul_rn(qq[0], xv[0]);
+                        for (int gg = 0; gg < 4; gg++) {
+                            const float4 a = *(const float4*)(xu + 8 * gg), b = *(const float4*)(xu + 8 * gg + 4);
+                            const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                            _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                                const float* qq = q[v] + 8 * gg;
+                                float s = __fmul_rn(qq[0], xv[0]);
 #pragma unroll
-                                    for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(qq[jj], xv[jj], s);
-                                    if (Q::OFF != 0.f) s = __fmaf_rn(-Q::OFF, sg[gg], s);
-                                    float a2 = __fmaf_rn(dl[v][gg], s, acc[k][p][v][t]);
-                                    if (Q::USES_MIN) {
-                                        if (!block_sum) a2 = __fmaf_rn(-ml[v][gg], sg[gg], a2);
-                                        else if (gg == 0) a2 = __fmaf_rn(-ml[v][0], xu[36], a2);
-                                    }
-                                    acc[k][p][v][t] = a2;
-                                }
+                                for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(qq[jj], xv[jj], s);
+                                if (Q::OFF != 0.f) s = __fmaf_rn(-Q::OFF, sg[gg], s);
+                                a2[v][t] = __fmaf_rn(dl[v][gg], s, a2[v][t]);
+                                if (Q::USES_MIN) a2[v][t] = __fmaf_rn(-ml[v][gg], sm[gg], a2[v][t]);
                             }
                         }
                     }
+                    _Pragma("unroll") for (int pp = 0; pp < RT; pp++) if (p == pp)
+                        _Pragma("unroll") for (int v = 0; v < NW; v++) _Pragma("unroll") for (int t = 0; t < TT; t++)
+                            acc[k][pp][v][t] = a2[v][t];
+                    u += 32;
+                    while (u >= (unsigned)U) { u -= U; p++; }
                 }
                 __syncwarp();                                  // buffer j % NB is refilled next
             }
