@@ -83,12 +83,12 @@ def reference(Q, DL, ML, x, sig, cw, rt, off, uses_min):
         s = fma_np(qg[:, :, j], xg[:, :, j], s)
     if off:
         s = fma_np(np.full_like(s, -off), np.broadcast_to(sig, s.shape), s)
-    acc = np.zeros((R, 32), F32)
-    upc, nunits = cw // 32, n // 32
+    lpr = 32 // rt
+    acc = np.zeros((R, 32), F32)                       # lane p·lpr + l of the warp, p = row mod rt
+    upc = cw // 32
     rows = np.arange(R)
-    for u in range(nunits):
-        c0 = u // upc * upc
-        lanes = ((rows % rt) * min(upc, nunits - c0) + u - c0) % 32
+    for u in range(n // 32):
+        lanes = (rows % rt) * lpr + (u % upc) % lpr
         a = acc[rows, lanes]
         for g in range(4 * u, 4 * u + 4):
             a = fma_np(DL[:, g], s[:, g], a)
@@ -96,9 +96,11 @@ def reference(Q, DL, ML, x, sig, cw, rt, off, uses_min):
                 a = fma_np(-ML[:, g], np.full(R, sig[g], F32), a)
         acc[rows, lanes] = a
     lanes = np.arange(32)
-    for o in (16, 8, 4, 2, 1):
+    o = lpr // 2
+    while o:
         acc = acc + acc[:, lanes ^ o]
-    return acc[:, 0]
+        o //= 2
+    return acc[rows, (rows % rt) * lpr]
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q4_1", "Q2_K", "F16"])

@@ -63,22 +63,21 @@ def kernel_rows(Q, DL, ML, X, SIG, SB, cw, rt, off, uses_min, block_sum, out):
     """out[p, r] = the kernel's reduction of row r (Q, DL, ML) against x row p (X, its group sums
     SIG, its q8_1 block sums SB).
 
-    Chunks of cw weights; in a chunk of U units (32 weights) unit u of row r goes to lane
-    ((r mod rt)·U + u) mod 32; each unit adds its four 8-weight groups in order; then the xor
-    butterfly, lane 0's value.
+    rt rows per tile share a warp, 32/rt lanes each: in each chunk of cw weights, unit u (32
+    weights) goes to the row's lane u mod (32/rt); each unit adds its four 8-weight groups in
+    order; then the xor butterfly over the row's lanes, its first lane's value.
     """
     R, n = Q.shape
     P = X.shape[0]
     nunits = n // 32
     upc = cw // 32
+    lpr = 32 // rt
     for job in prange(P * R):
         p = job // R
         r = job % R
-        acc = np.zeros(32, np.float32)
+        acc = np.zeros(lpr, np.float32)
         for u in range(nunits):
-            c0 = (u // upc) * upc
-            U = min(upc, nunits - c0)
-            lane = ((r % rt) * U + u - c0) % 32
+            lane = (u - (u // upc) * upc) % lpr
             a = acc[lane]
             for g in range(4 * u, 4 * u + 4):
                 e = 8 * g
@@ -94,10 +93,10 @@ def kernel_rows(Q, DL, ML, X, SIG, SB, cw, rt, off, uses_min, block_sum, out):
                     else:
                         a = fmaf(-ML[r, g], SB[p, u] if g == 4 * u else np.float32(0.0), a)
             acc[lane] = a
-        off2 = 16
+        off2 = lpr // 2
         while off2 > 0:
-            nxt = np.empty(32, np.float32)
-            for lane in range(32):
+            nxt = np.empty(lpr, np.float32)
+            for lane in range(lpr):
                 nxt[lane] = acc[lane] + acc[lane ^ off2]
             acc = nxt
             off2 //= 2

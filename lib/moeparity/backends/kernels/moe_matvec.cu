@@ -10,13 +10,12 @@
 // ring of shared buffers with cp.async (16-byte copies of the aligned span around the bytes), so
 // NB-1 items are in flight while one is computed.
 //
-// Arithmetic (bit-exact in backends/emulated.py): in a chunk of U = nw/32 units (32 weights) the
-// tile's RT·U units are dealt round-robin to the lanes: unit u of tile row p goes to lane
-// (p·U + u) mod 32, which keeps one partial per (row, lane). Q::unit gives q, dl, ml per 8-weight
-// group; per group and member
+// Arithmetic (bit-exact in backends/emulated.py): LPR = 32/RT lanes per tile row; in a chunk,
+// unit u (32 weights) of tile row p goes to lane p·LPR + u mod LPR. Q::unit gives q, dl, ml per
+// 8-weight group; per group and member
 //     s = q0·x0; s = fma(q_j, x_j, s) for j = 1..7;  [s = fma(-OFF, Σx, s)]
 //     acc = fma(dl, s, acc);  [acc = fma(-ml, Σx (q8_1 mode: S, 0, 0, 0), acc)]
-// then per row a butterfly (xor 16, 8, 4, 2, 1) over the lanes. The build uses --fmad=false, so
+// then per row a butterfly over its LPR lanes (xor LPR/2, …, 2, 1). The build uses --fmad=false, so
 // these are the only fused operations.
 //
 // GATE_UP: W2 is the up tensor; a warp does the gate rows and the up rows of its tile off one
@@ -77,7 +76,8 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     float* xs = (float*)dsm;
     const int units = CW / 32;
     const int rstride = (CW / Q::BLOCK * Q::NBYTES + 31) & ~15;       // a row slice + alignment slack
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    constexpr int LPR = 32 / RT;                      // lanes per tile row
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, p = lane / LPR, l = lane % LPR;
     u8* wsm = dsm + (size_t)TT * units * XSLOT * 4 + (size_t)warp * NB * NW * RT * rstride;
     const int g = blockIdx.y;
     const int rbase = (blockIdx.x * WARPS * RPW + warp) * RT;         // tile k starts at rbase + k·WARPS·RT
@@ -110,10 +110,9 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     };
     for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += TT) {
         const int nt = min(TT, gstart[g + 1] - m0);
-        float acc[RPW][RT][NW][TT];
-        _Pragma("unroll") for (int k = 0; k < RPW; k++) _Pragma("unroll") for (int p = 0; p < RT; p++)
-            _Pragma("unroll") for (int v = 0; v < NW; v++) _Pragma("unroll") for (int t = 0; t < TT; t++)
-                acc[k][p][v][t] = 0.f;
+        float acc[RPW][NW][TT];
+        _Pragma("unroll") for (int k = 0; k < RPW; k++) _Pragma("unroll") for (int v = 0; v < NW; v++)
+            _Pragma("unroll") for (int t = 0; t < TT; t++) acc[k][v][t] = 0.f;
 #pragma unroll
         for (int j = 0; j < NB - 1; j++) fetch(j);
         for (int c = 0; c < nchunks; c++) {
@@ -137,27 +136,18 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 fetch(j + NB - 1);                             // into the buffer item j-1 used (done)
                 cp_async_wait<NB - 1>();                       // item j has landed
                 __syncwarp();
-                // the tile's RT·U units, dealt round-robin: this lane's are f = lane, lane + 32, …
-                // (row p = f / U, unit u = f % U; the partial lives in acc[k][p], picked by predicate).
-                // U is a multiple of the units per block, so a lane's units all sit at the same
-                // offset i in their blocks: the decoder's i-dependent work is loop-invariant.
-                const unsigned i = (32u * lane) % Q::BLOCK;
-                const u8* row0[NW];
-                _Pragma("unroll") for (int v = 0; v < NW; v++) row0[v] = buffer(j, v) + ((size_t)row_src(j, v, 0) & 15);
-                unsigned p = lane / U, u = lane - p * U;
-                for (int f = lane; f < RT * U; f += 32) {
-                    const u8* rows[NW];
-                    _Pragma("unroll") for (int v = 0; v < NW; v++)
-                        rows[v] = whole ? row0[v] + p * row_bytes : buffer(j, v) + p * rstride + ((size_t)row_src(j, v, p) & 15);
+                // lane = p·LPR + l works on tile row p, units l, l + LPR, …; LPR is a multiple of
+                // the units per block, so all of a lane's units sit at the same offset i in their
+                // blocks: the decoder's i-dependent work is loop-invariant.
+                const unsigned i = (32u * l) % Q::BLOCK;
+                const u8* rows[NW];
+                _Pragma("unroll") for (int v = 0; v < NW; v++)
+                    rows[v] = whole ? buffer(j, v) + ((size_t)row_src(j, v, 0) & 15) + p * row_bytes
+                                    : buffer(j, v) + p * rstride + ((size_t)row_src(j, v, p) & 15);
+                for (unsigned u = l; u < (unsigned)U; u += LPR) {
                     const unsigned boff = u * 32u / Q::BLOCK * Q::NBYTES;
-                    float q[NW][32], dl[NW][4], ml[NW][4], a2[NW][TT];
-                    _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                        Q::unit(rows[v] + boff, i, q[v], dl[v], ml[v]);
-                        _Pragma("unroll") for (int t = 0; t < TT; t++) {
-                            a2[v][t] = acc[k][0][v][t];
-                            _Pragma("unroll") for (int pp = 1; pp < RT; pp++) if (p == pp) a2[v][t] = acc[k][pp][v][t];
-                        }
-                    }
+                    float q[NW][32], dl[NW][4], ml[NW][4];
+                    _Pragma("unroll") for (int v = 0; v < NW; v++) Q::unit(rows[v] + boff, i, q[v], dl[v], ml[v]);
 #pragma unroll
                     for (int t = 0; t < TT; t++) {
                         if (TT > 1 && t >= nt) break;
@@ -175,16 +165,12 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 #pragma unroll
                                 for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(qq[jj], xv[jj], s);
                                 if (Q::OFF != 0.f) s = __fmaf_rn(-Q::OFF, sg[gg], s);
-                                a2[v][t] = __fmaf_rn(dl[v][gg], s, a2[v][t]);
-                                if (Q::USES_MIN) a2[v][t] = __fmaf_rn(-ml[v][gg], sm[gg], a2[v][t]);
+                                float a2 = __fmaf_rn(dl[v][gg], s, acc[k][v][t]);
+                                if (Q::USES_MIN) a2 = __fmaf_rn(-ml[v][gg], sm[gg], a2);
+                                acc[k][v][t] = a2;
                             }
                         }
                     }
-                    _Pragma("unroll") for (int pp = 0; pp < RT; pp++) if (p == pp)
-                        _Pragma("unroll") for (int v = 0; v < NW; v++) _Pragma("unroll") for (int t = 0; t < TT; t++)
-                            acc[k][pp][v][t] = a2[v][t];
-                    u += 32;
-                    while (u >= (unsigned)U) { u -= U; p++; }
                 }
                 __syncwarp();                                  // buffer j % NB is refilled next
             }
@@ -192,22 +178,19 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         cp_async_wait<0>();
 #pragma unroll
         for (int k = 0; k < RPW; k++) {
+            const int r = rbase + k * WARPS * RT + p;
 #pragma unroll
-            for (int p = 0; p < RT; p++) {
-                const int r = rbase + k * WARPS * RT + p;
-#pragma unroll
-                for (int t = 0; t < TT; t++) {
-                    if (t >= nt) break;
-                    float vv[NW];
-                    _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                        vv[v] = acc[k][p][v][t];
-                        for (int off = 16; off > 0; off >>= 1) vv[v] = vv[v] + __shfl_xor_sync(0xffffffff, vv[v], off);
-                    }
-                    if (lane == 0 && r < R) {
-                        const long long o = (long long)mo[m0 + t] * R + r;
-                        out[o] = vv[0];
-                        if (GATE_UP) { out2[o] = vv[NW - 1]; out3[o] = act_fn(act, vv[0], vv[NW - 1], alpha, limit); }
-                    }
+            for (int t = 0; t < TT; t++) {
+                if (t >= nt) break;
+                float vv[NW];
+                _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                    vv[v] = acc[k][v][t];
+                    for (int off = LPR / 2; off > 0; off >>= 1) vv[v] = vv[v] + __shfl_xor_sync(0xffffffff, vv[v], off);
+                }
+                if (l == 0 && r < R) {
+                    const long long o = (long long)mo[m0 + t] * R + r;
+                    out[o] = vv[0];
+                    if (GATE_UP) { out2[o] = vv[NW - 1]; out3[o] = act_fn(act, vv[0], vv[NW - 1], alpha, limit); }
                 }
             }
         }
