@@ -2,7 +2,8 @@
 variants of the single-member matvec (rows per warp, rows per tile, ring depth; blocks per SM),
 timed like `bench gpu`. Prints µs and % copy. Results are bit-identical across variants only when
 the tile height is unchanged (it decides lane ownership).
-Usage: python benchmarks/gpu_tune.py 2,4,2,2 1,4,2,3 ...   (RPW,RT,NB,MINB)
+Usage: python benchmarks/gpu_tune.py 4,2,2,4/4,4,2,3[/NAME=VALUE…] …  (RPW,RT,NB,MINB of moe_matvec1 / of
+moe_matvec1n, then extra defines such as UNROLL_U=2)
 """
 import sys
 
@@ -15,11 +16,13 @@ from moeparity.qtypes import QTYPES
 
 cases = {}
 bw = None
-for spec in sys.argv[1:] or ["2,4,2,2"]:
-    rpw, rt, nb, minb = (int(v) for v in spec.split(","))
-    be = CudaBackend(defines=("-DONLY", f"-DSHAPE_1={rpw},{rt},{nb}", f"-DMINB_1={minb}"))
+for spec in sys.argv[1:] or ["4,2,2,3/4,4,2,2"]:
+    parts = spec.split("/")
+    (a, b, c, ma), (d, e, f, mb) = ([int(v) for v in half.split(",")] for half in parts[:2])
+    be = CudaBackend(defines=("-DONLY", f"-DSHAPE_1={a},{b},{c}", f"-DMINB_1={ma}",
+                              f"-DSHAPE_1N={d},{e},{f}", f"-DMINB_1N={mb}") + tuple(f"-D{x}" for x in parts[2:]))
     bw = bw or copy_bandwidth(be.cp)
-    L.SHAPES[(1, 1)] = (rpw, rt, nb)
+    L.SHAPES["1"], L.SHAPES["1n"] = (a, b, c), (d, e, f)
     line = [spec]
     for q in ("Q4_K", "Q6_K"):
         tot_t = tot_b = 0

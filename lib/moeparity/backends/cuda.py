@@ -118,12 +118,11 @@ class Launch:
         tcap = L.tcap_of(start)
         cw = L.chunk_weights(qt, tcap, n_in, nw)
         row_bytes = n_in // qt.block * qt.nbytes
-        self.smem = L.smem_bytes(qt, cw, tcap, nw)
+        self.smem = L.smem_bytes(qt, cw, tcap, n_in, nw)
         self.outs = [cp.empty((T * k, R), cp.float32) for _ in range(1 if nw == 1 else 3)]
-        self.fn = be.module.get_function(
-            f"{'moe_matvec' if nw == 1 else 'moe_gate_up'}{'1' if tcap == 1 else ''}_{qt.name}")
+        self.fn = be.module.get_function(L.kernel_name(tcap, n_in, nw, qt))
         self.fn.max_dynamic_shared_size_bytes = self.smem
-        self.grid = (-(-R // L.rows_per_block(tcap, nw)), len(experts))
+        self.grid = (-(-R // L.rows_per_block(tcap, n_in, nw)), len(experts))
         o = self.outs
         self.args = (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
                      cp.asarray(np.arange(len(experts)) if index is None else index, dtype=cp.int32),

@@ -125,7 +125,7 @@ class EmulatedCudaBackend(Backend):
         sig = group_sums(Xq)
         tcap = L.tcap_of(L.layout(ids, True)[1])
         cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)
-        rt = L.shape(tcap, nw)[1]
+        rt = L.shape(tcap, tensor.n_in, nw)[1]
         uses_min = qt.name in L.USES_MIN
         block_sum = mode == 1 and qt.name in L.MIN_FORMATS
         out = np.empty((T * k, tensor.n_out), F32)

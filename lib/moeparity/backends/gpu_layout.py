@@ -9,8 +9,10 @@ from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
 WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 8, 8, 32, 8, 32, 44   # must match kernels/moe_matvec.cu
-# (rows per warp, rows per tile, ring depth) of each kernel: SHAPE_1, SHAPE_1GU, SHAPE_T there
-SHAPES = {(1, 1): (4, 4, 2), (1, 2): (2, 2, 2), (MAXT, 1): (1, 1, 4), (MAXT, 2): (1, 1, 4)}
+# Kernel variants: name suffix → (rows per warp, rows per tile, ring depth), as SHAPE_* in
+# kernels/moe_matvec.cu. A tile row gets 32/rows-per-tile lanes, so the single-member matvec has
+# a variant for rows whose unit count (weights/32) is not a multiple of 16 (768 weights: 24 units).
+SHAPES = {"1": (4, 2, 2), "1n": (4, 4, 2), "gu1": (2, 2, 2), "": (1, 1, 4), "gu": (1, 1, 4)}
 # formats whose kernels decode q = 1/2 + field/K and fold the offset into Σx: (K, BIAS) as in
 # kernels/decode.cuh's QTYPE rows
 AFFINE = {"Q4_K": (32.0, 0.0), "Q6_K": (128.0, 32.0)}
@@ -33,9 +35,23 @@ def tcap_of(start: np.ndarray) -> int:
     return 1 if np.diff(start).max(initial=1) <= 1 else MAXT
 
 
-def shape(tcap: int, nw: int = 1):
-    """(rows per warp, rows per tile, ring depth) of the kernel that serves groups of up to tcap."""
-    return SHAPES[(tcap, nw)]
+def variant(tcap: int, n_in: int, nw: int = 1) -> str:
+    """Which kernel variant serves groups of up to tcap members on rows of n_in weights."""
+    if nw == 2:
+        return "gu1" if tcap == 1 else "gu"
+    if tcap > 1:
+        return ""
+    return "1" if (n_in // UNIT) % 16 == 0 else "1n"
+
+
+def kernel_name(tcap: int, n_in: int, nw: int, qt) -> str:
+    v = variant(tcap, n_in, nw)
+    return f"moe_gate_up{v[2:]}_{qt.name}" if nw == 2 else f"moe_matvec{v}_{qt.name}"
+
+
+def shape(tcap: int, n_in: int, nw: int = 1):
+    """(rows per warp, rows per tile, ring depth) of the kernel that serves this launch."""
+    return SHAPES[variant(tcap, n_in, nw)]
 
 
 def row_stride(qt, cw: int) -> int:
@@ -43,8 +59,8 @@ def row_stride(qt, cw: int) -> int:
     return (cw // qt.block * qt.nbytes + 31) & ~15
 
 
-def smem_bytes(qt, cw: int, tcap: int, nw: int = 1) -> int:
-    _, rt, nbuf = shape(tcap, nw)
+def smem_bytes(qt, cw: int, tcap: int, n_in: int, nw: int = 1) -> int:
+    _, rt, nbuf = shape(tcap, n_in, nw)
     return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * nbuf * nw * rt * row_stride(qt, cw)
 
 
@@ -56,13 +72,13 @@ def chunk_weights(qt, tcap: int, n_in: int, nw: int = 1) -> int:
     """
     whole = -(-n_in // UNIT) * UNIT
     for cw in (whole, 4096, 2048, 1024, 512, 256):
-        if cw <= whole and smem_bytes(qt, cw, tcap, nw) <= SMEM_LIMIT:
+        if cw <= whole and smem_bytes(qt, cw, tcap, n_in, nw) <= SMEM_LIMIT:
             return cw
     raise BadArgument(f"{qt.name}: no chunk size fits shared memory")
 
 
-def rows_per_block(tcap: int, nw: int = 1) -> int:
-    rpw, rt, _ = shape(tcap, nw)
+def rows_per_block(tcap: int, n_in: int, nw: int = 1) -> int:
+    rpw, rt, _ = shape(tcap, n_in, nw)
     return WARPS * rpw * rt
 
 

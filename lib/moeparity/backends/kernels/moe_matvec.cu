@@ -26,14 +26,22 @@
 #define MAXT 8
 #define XSLOT 44            // floats per staged 32-weight unit of x: 32 values, 4 + 4 sums, pad
 // kernel shapes (gpu_layout.SHAPES): rows per warp, rows per tile, ring depth
+// single-member matvec: rows of a multiple of 16 units (…1_) or others (…1n_, e.g. 768 weights =
+// 24 units: 8 lanes per row); MINB: blocks per SM the registers are budgeted for
 #ifndef SHAPE_1
-#define SHAPE_1 4, 4, 2     // single-member matvec
+#define SHAPE_1 4, 2, 2
+#define MINB_1 4
 #endif
+#ifndef SHAPE_1N
+#define SHAPE_1N 4, 4, 2
+#define MINB_1N 3
+#endif
+#ifndef UNROLL_U
+#define UNROLL_U 1
+#endif
+constexpr int kUnrollU = UNROLL_U;   // units in flight per lane (a tuning knob)
 #define SHAPE_1GU 2, 2, 2   // single-member gate+up
 #define SHAPE_T 1, 1, 4     // up to MAXT members
-#ifndef MINB_1
-#define MINB_1 2            // blocks per SM the single-member kernels are built for (registers)
-#endif
 
 __device__ __forceinline__ float act_fn(int act, float g, float u, float alpha, float limit) {
     if (act == 0) { const float s = 1.0f / (1.0f + expf(-g)); return g * s * u; }
@@ -144,6 +152,7 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 _Pragma("unroll") for (int v = 0; v < NW; v++)
                     rows[v] = whole ? buffer(j, v) + ((size_t)row_src(j, v, 0) & 15) + p * row_bytes
                                     : buffer(j, v) + p * rstride + ((size_t)row_src(j, v, p) & 15);
+#pragma unroll kUnrollU
                 for (unsigned u = l; u < (unsigned)U; u += LPR) {
                     const unsigned boff = u * 32u / Q::BLOCK * Q::NBYTES;
                     float q[NW][32], dl[NW][4], ml[NW][4];
@@ -232,6 +241,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB) KIND##_##Q(      
 #define ENTRY(Q)                                                                                                \
 MATVEC(moe_matvec, Q, false, SHAPE_T, MAXT, 1)                                                                  \
 MATVEC(moe_matvec1, Q, false, SHAPE_1, 1, MINB_1)                                                                    \
+MATVEC(moe_matvec1n, Q, false, SHAPE_1N, 1, MINB_1N)                                                                 \
 MATVEC(moe_gate_up, Q, true, SHAPE_T, MAXT, 1)                                                                  \
 MATVEC(moe_gate_up1, Q, true, SHAPE_1GU, 1, 2)                                                                  \
 extern "C" __global__ void dequant_##Q(const u8* W, int rb, int n_in, long long n_rows, float* out) {          \
