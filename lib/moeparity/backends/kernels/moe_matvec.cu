@@ -34,7 +34,7 @@
 #endif
 #ifndef SHAPE_1N
 #define SHAPE_1N 4, 4, 2
-#define MINB_1N 3
+#define MINB_1N 4
 #endif
 #ifndef UNROLL_U
 #define UNROLL_U 1
