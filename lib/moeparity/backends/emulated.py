@@ -4,8 +4,8 @@ Same factorised weights (quant/dequant.py's parts8: q, dl, ml per 8 weights, in 
 encoding: kernel_parts), same x staging (group sums Σx in the same order, q8_1 block sums), same
 per-lane arithmetic (in each chunk the tile's units are dealt round-robin to the lanes; per
 8-weight group s = q0·x0, then fma(q_j, x_j, s), fma(-OFF, Σx, s); acc = fma(dl, s, acc);
-acc = fma(-ml, Σx or (S, 0, 0, 0), acc)), same xor-butterfly reduction, chunk size and tile height
-(gpu_layout.py), in numba without fastmath. The GPU's
+acc = fma(-ml, Σx or (S, 0, 0, 0), acc)), same xor-butterfly reduction, chunk size and lanes
+per row (gpu_layout.py), in numba without fastmath. The GPU's
 fused multiply-add is reproduced exactly: the float64 product of two floats is exact, the float64
 sum is rounded to odd (TwoSum), and rounding that to float32 is then the correctly rounded fma.
 Every output is labelled emulated.
@@ -59,19 +59,18 @@ def kernel_parts(q, dl, ml, name: str):
 
 
 @njit(parallel=True, cache=True)
-def kernel_rows(Q, DL, ML, X, SIG, SB, cw, rt, off, uses_min, block_sum, out):
+def kernel_rows(Q, DL, ML, X, SIG, SB, cw, lpr, off, uses_min, block_sum, out):
     """out[p, r] = the kernel's reduction of row r (Q, DL, ML) against x row p (X, its group sums
     SIG, its q8_1 block sums SB).
 
-    rt rows per tile share a warp, 32/rt lanes each: in each chunk of cw weights, unit u (32
-    weights) goes to the row's lane u mod (32/rt); each unit adds its four 8-weight groups in
-    order; then the xor butterfly over the row's lanes, its first lane's value.
+    A row gets lpr lanes of its warp (gpu_layout.lanes_per_row): in each chunk of cw weights,
+    unit u (32 weights) goes to the row's lane u mod lpr; each unit adds its four 8-weight groups
+    in order; then the xor butterfly over the row's lanes, its first lane's value.
     """
     R, n = Q.shape
     P = X.shape[0]
     nunits = n // 32
     upc = cw // 32
-    lpr = 32 // rt
     for job in prange(P * R):
         p = job // R
         r = job % R
@@ -125,7 +124,7 @@ class EmulatedCudaBackend(Backend):
         sig = group_sums(Xq)
         tcap = L.tcap_of(L.layout(ids, True)[1])
         cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)
-        rt = L.shape(tcap, tensor.n_in, nw)[1]
+        lpr = L.lanes_per_row(L.variant(tcap, tensor.n_in, nw))
         uses_min = qt.name in L.USES_MIN
         block_sum = mode == 1 and qt.name in L.MIN_FORMATS
         out = np.empty((T * k, tensor.n_out), F32)
@@ -135,7 +134,7 @@ class EmulatedCudaBackend(Backend):
             sel = np.nonzero(flat == e)[0]
             res = np.empty((len(sel), tensor.n_out), F32)
             kernel_rows(Q, DL, ML, np.ascontiguousarray(Xq[sel]), np.ascontiguousarray(sig[sel]),
-                        np.ascontiguousarray(S[sel], F32), cw, rt, off, uses_min, block_sum, res)
+                        np.ascontiguousarray(S[sel], F32), cw, lpr, off, uses_min, block_sum, res)
             out[sel] = res
         return out.reshape(T, k, tensor.n_out)
 

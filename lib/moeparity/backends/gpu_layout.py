@@ -9,10 +9,11 @@ from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
 WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 8, 8, 32, 8, 32, 44   # must match kernels/moe_matvec.cu
-# Kernel variants: name suffix → (rows per warp, rows per tile, ring depth), as SHAPE_* in
-# kernels/moe_matvec.cu. A tile row gets 32/rows-per-tile lanes, so the single-member matvec has
-# a variant for rows whose unit count (weights/32) is not a multiple of 16 (768 weights: 24 units).
-SHAPES = {"1": (4, 2, 2), "1n": (4, 4, 2), "gu1": (2, 2, 2), "": (1, 1, 4), "gu": (1, 1, 4)}
+# Kernel variants: name suffix → (rows per warp, rows per tile, ring depth, rows per lane), as
+# SHAPE_* in kernels/moe_matvec.cu. A row gets 32·rows-per-lane/rows-per-tile lanes, so the
+# single-member matvec has a variant for rows whose unit count (weights/32) the lanes of "1" do
+# not divide (768 weights: 24 units).
+SHAPES = {"1": (4, 2, 2, 2), "1n": (4, 8, 2, 2), "gu1": (2, 2, 2, 1), "": (1, 1, 4, 1), "gu": (1, 1, 4, 1)}
 # formats whose kernels decode q = 1/2 + field/K and fold the offset into Σx: (K, BIAS) as in
 # kernels/decode.cuh's QTYPE rows
 AFFINE = {"Q4_K": (32.0, 0.0), "Q6_K": (128.0, 32.0)}
@@ -41,7 +42,12 @@ def variant(tcap: int, n_in: int, nw: int = 1) -> str:
         return "gu1" if tcap == 1 else "gu"
     if tcap > 1:
         return ""
-    return "1" if (n_in // UNIT) % 16 == 0 else "1n"
+    return "1" if (n_in // UNIT) % lanes_per_row("1") == 0 else "1n"
+
+
+def lanes_per_row(v: str) -> int:
+    _, rt, _, rpl = SHAPES[v]
+    return LANES * rpl // rt
 
 
 def kernel_name(tcap: int, n_in: int, nw: int, qt) -> str:
@@ -50,7 +56,7 @@ def kernel_name(tcap: int, n_in: int, nw: int, qt) -> str:
 
 
 def shape(tcap: int, n_in: int, nw: int = 1):
-    """(rows per warp, rows per tile, ring depth) of the kernel that serves this launch."""
+    """(rows per warp, rows per tile, ring depth, rows per lane) of the kernel of this launch."""
     return SHAPES[variant(tcap, n_in, nw)]
 
 
@@ -60,7 +66,7 @@ def row_stride(qt, cw: int) -> int:
 
 
 def smem_bytes(qt, cw: int, tcap: int, n_in: int, nw: int = 1) -> int:
-    _, rt, nbuf = shape(tcap, n_in, nw)
+    _, rt, nbuf, _ = shape(tcap, n_in, nw)
     return tcap * (cw // UNIT) * XSLOT * 4 + WARPS * nbuf * nw * rt * row_stride(qt, cw)
 
 
@@ -78,7 +84,7 @@ def chunk_weights(qt, tcap: int, n_in: int, nw: int = 1) -> int:
 
 
 def rows_per_block(tcap: int, n_in: int, nw: int = 1) -> int:
-    rpw, rt, _ = shape(tcap, n_in, nw)
+    rpw, rt, _, _ = shape(tcap, n_in, nw)
     return WARPS * rpw * rt
 
 

@@ -10,9 +10,9 @@
 // ring of shared buffers with cp.async (16-byte copies of the aligned span around the bytes), so
 // NB-1 items are in flight while one is computed.
 //
-// Arithmetic (bit-exact in backends/emulated.py): LPR = 32/RT lanes per tile row; in a chunk,
-// unit u (32 weights) of tile row p goes to lane p·LPR + u mod LPR. Q::unit gives q, dl, ml per
-// 8-weight group; per group and member
+// Arithmetic (bit-exact in backends/emulated.py): a lane serves RPL rows of the tile, LPR =
+// 32·RPL/RT lanes a row; in a chunk, unit u (32 weights) of tile row p goes to lane
+// (p / RPL)·LPR + u mod LPR. Q::unit gives q, dl, ml per 8-weight group; per group and member
 //     s = q0·x0; s = fma(q_j, x_j, s) for j = 1..7;  [s = fma(-OFF, Σx, s)]
 //     acc = fma(dl, s, acc);  [acc = fma(-ml, Σx (q8_1 mode: S, 0, 0, 0), acc)]
 // then per row a butterfly over its LPR lanes (xor LPR/2, …, 2, 1). The build uses --fmad=false, so
@@ -25,23 +25,24 @@
 #define WARPS 8
 #define MAXT 8
 #define XSLOT 44            // floats per staged 32-weight unit of x: 32 values, 4 + 4 sums, pad
-// kernel shapes (gpu_layout.SHAPES): rows per warp, rows per tile, ring depth
-// single-member matvec: rows of a multiple of 16 units (…1_) or others (…1n_, e.g. 768 weights =
-// 24 units: 8 lanes per row); MINB: blocks per SM the registers are budgeted for
+// Kernel shapes (gpu_layout.SHAPES): rows per warp, rows per tile, ring depth, rows per lane.
+// Single-member matvec: rows whose unit count (weights/32) the 32 lanes of a row divide (…1_),
+// or others (…1n_, e.g. 768 weights = 24 units: 8 lanes a row). MINB: blocks per SM the register
+// budget is built for.
 #ifndef SHAPE_1
-#define SHAPE_1 4, 2, 2
-#define MINB_1 4
+#define SHAPE_1 4, 2, 2, 2
+#define MINB_1 3
 #endif
 #ifndef SHAPE_1N
-#define SHAPE_1N 4, 4, 2
-#define MINB_1N 4
+#define SHAPE_1N 4, 8, 2, 2
+#define MINB_1N 3
 #endif
 #ifndef UNROLL_U
 #define UNROLL_U 1
 #endif
 constexpr int kUnrollU = UNROLL_U;   // units in flight per lane (a tuning knob)
-#define SHAPE_1GU 2, 2, 2   // single-member gate+up
-#define SHAPE_T 1, 1, 4     // up to MAXT members
+#define SHAPE_1GU 2, 2, 2, 1  // single-member gate+up
+#define SHAPE_T 1, 1, 4, 1    // up to MAXT members
 
 __device__ __forceinline__ float act_fn(int act, float g, float u, float alpha, float limit) {
     if (act == 0) { const float s = 1.0f / (1.0f + expf(-g)); return g * s * u; }
@@ -73,7 +74,8 @@ __device__ __forceinline__ void issue(u8* dst, const u8* src, int nbytes, int la
 }
 
 // Dynamic shared memory: [x: TT × CW/32 slots × XSLOT floats][weights: WARPS × NB × NW × RT row slices].
-template <class Q, bool GATE_UP, int RPW, int RT, int NB, int TT>
+// A lane works on RPL rows of its tile at once (single member: their units share x in registers).
+template <class Q, bool GATE_UP, int RPW, int RT, int NB, int RPL, int TT>
 __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long expert_stride, int R,
                          int row_bytes, int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
                          const int* __restrict__ mx, const int* __restrict__ mo, const float* __restrict__ X,
@@ -84,8 +86,9 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     float* xs = (float*)dsm;
     const int units = CW / 32;
     const int rstride = (CW / Q::BLOCK * Q::NBYTES + 31) & ~15;       // a row slice + alignment slack
-    constexpr int LPR = 32 / RT;                      // lanes per tile row
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, p = lane / LPR, l = lane % LPR;
+    constexpr int LPR = 32 * RPL / RT;                // lanes per group of RPL tile rows
+    static_assert(RPL == 1 || TT == 1, "rows per lane share x held in registers: single member only");
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, pg = lane / LPR, l = lane % LPR;
     u8* wsm = dsm + (size_t)TT * units * XSLOT * 4 + (size_t)warp * NB * NW * RT * rstride;
     const int g = blockIdx.y;
     const int rbase = (blockIdx.x * WARPS * RPW + warp) * RT;         // tile k starts at rbase + k·WARPS·RT
@@ -116,11 +119,36 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         }
         cp_async_commit();                               // (an empty group keeps the wait count uniform)
     };
+    auto load_x = [&](int t, unsigned u, float* xv, float* sg, float* sm) {
+        const float* xu = xs + ((size_t)t * units + u) * XSLOT;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float4 a = *(const float4*)(xu + 4 * k);
+            xv[4 * k] = a.x; xv[4 * k + 1] = a.y; xv[4 * k + 2] = a.z; xv[4 * k + 3] = a.w;
+        }
+        if (Q::OFF != 0.f) { const float4 a = *(const float4*)(xu + 32); sg[0] = a.x; sg[1] = a.y; sg[2] = a.z; sg[3] = a.w; }
+        if (Q::USES_MIN) { const float4 a = *(const float4*)(xu + 36); sm[0] = a.x; sm[1] = a.y; sm[2] = a.z; sm[3] = a.w; }
+    };
+    // one unit's four groups into the partial a (the arithmetic documented at the top)
+    auto dot_unit = [&](const float* q, const float* dl, const float* ml, const float* xv, const float* sg,
+                        const float* sm, float a) {
+#pragma unroll
+        for (int gg = 0; gg < 4; gg++) {
+            float s = __fmul_rn(q[8 * gg], xv[8 * gg]);
+#pragma unroll
+            for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(q[8 * gg + jj], xv[8 * gg + jj], s);
+            if (Q::OFF != 0.f) s = __fmaf_rn(-Q::OFF, sg[gg], s);
+            a = __fmaf_rn(dl[gg], s, a);
+            if (Q::USES_MIN) a = __fmaf_rn(-ml[gg], sm[gg], a);
+        }
+        return a;
+    };
     for (int m0 = gstart[g]; m0 < gstart[g + 1]; m0 += TT) {
         const int nt = min(TT, gstart[g + 1] - m0);
-        float acc[RPW][NW][TT];
-        _Pragma("unroll") for (int k = 0; k < RPW; k++) _Pragma("unroll") for (int v = 0; v < NW; v++)
-            _Pragma("unroll") for (int t = 0; t < TT; t++) acc[k][v][t] = 0.f;
+        float acc[RPW][RPL][NW][TT];
+        _Pragma("unroll") for (int k = 0; k < RPW; k++) _Pragma("unroll") for (int rr = 0; rr < RPL; rr++)
+            _Pragma("unroll") for (int v = 0; v < NW; v++) _Pragma("unroll") for (int t = 0; t < TT; t++)
+                acc[k][rr][v][t] = 0.f;
 #pragma unroll
         for (int j = 0; j < NB - 1; j++) fetch(j);
         for (int c = 0; c < nchunks; c++) {
@@ -144,39 +172,36 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 fetch(j + NB - 1);                             // into the buffer item j-1 used (done)
                 cp_async_wait<NB - 1>();                       // item j has landed
                 __syncwarp();
-                // lane = p·LPR + l works on tile row p, units l, l + LPR, …; LPR is a multiple of
-                // the units per block, so all of a lane's units sit at the same offset i in their
-                // blocks: the decoder's i-dependent work is loop-invariant.
+                // lane = g·LPR + l works on tile rows g·RPL … g·RPL + RPL-1, units l, l + LPR, …;
+                // LPR is a multiple of the units per block, so all of a lane's units sit at the
+                // same offset i in their blocks: the decoder's i-dependent work is loop-invariant.
                 const unsigned i = (32u * l) % Q::BLOCK;
-                const u8* rows[NW];
-                _Pragma("unroll") for (int v = 0; v < NW; v++)
-                    rows[v] = whole ? buffer(j, v) + ((size_t)row_src(j, v, 0) & 15) + p * row_bytes
-                                    : buffer(j, v) + p * rstride + ((size_t)row_src(j, v, p) & 15);
+                const u8* rows[RPL][NW];
+                _Pragma("unroll") for (int rr = 0; rr < RPL; rr++) _Pragma("unroll") for (int v = 0; v < NW; v++) {
+                    const int p = pg * RPL + rr;
+                    rows[rr][v] = whole ? buffer(j, v) + ((size_t)row_src(j, v, 0) & 15) + p * row_bytes
+                                        : buffer(j, v) + p * rstride + ((size_t)row_src(j, v, p) & 15);
+                }
 #pragma unroll kUnrollU
                 for (unsigned u = l; u < (unsigned)U; u += LPR) {
                     const unsigned boff = u * 32u / Q::BLOCK * Q::NBYTES;
-                    float q[NW][32], dl[NW][4], ml[NW][4];
-                    _Pragma("unroll") for (int v = 0; v < NW; v++) Q::unit(rows[v] + boff, i, q[v], dl[v], ml[v]);
+                    float q[NW][32], dl[NW][4], ml[NW][4], xv[32], sg[4], sm[4];
+                    if (RPL == 1) {                            // decode once, then each member
+                        _Pragma("unroll") for (int v = 0; v < NW; v++) Q::unit(rows[0][v] + boff, i, q[v], dl[v], ml[v]);
 #pragma unroll
-                    for (int t = 0; t < TT; t++) {
-                        if (TT > 1 && t >= nt) break;
-                        const float* xu = xs + ((size_t)t * units + u) * XSLOT;
-                        float sg[4], sm[4];
-                        if (Q::OFF != 0.f) { const float4 s4 = *(const float4*)(xu + 32); sg[0] = s4.x; sg[1] = s4.y; sg[2] = s4.z; sg[3] = s4.w; }
-                        if (Q::USES_MIN) { const float4 s4 = *(const float4*)(xu + 36); sm[0] = s4.x; sm[1] = s4.y; sm[2] = s4.z; sm[3] = s4.w; }
+                        for (int t = 0; t < TT; t++) {
+                            if (TT > 1 && t >= nt) break;
+                            load_x(t, u, xv, sg, sm);
+                            _Pragma("unroll") for (int v = 0; v < NW; v++)
+                                acc[k][0][v][t] = dot_unit(q[v], dl[v], ml[v], xv, sg, sm, acc[k][0][v][t]);
+                        }
+                    } else {                                   // one member: x once, then each row
+                        load_x(0, u, xv, sg, sm);
 #pragma unroll
-                        for (int gg = 0; gg < 4; gg++) {
-                            const float4 a = *(const float4*)(xu + 8 * gg), b = *(const float4*)(xu + 8 * gg + 4);
-                            const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                        for (int rr = 0; rr < RPL; rr++) {
                             _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                                const float* qq = q[v] + 8 * gg;
-                                float s = __fmul_rn(qq[0], xv[0]);
-#pragma unroll
-                                for (int jj = 1; jj < 8; jj++) s = __fmaf_rn(qq[jj], xv[jj], s);
-                                if (Q::OFF != 0.f) s = __fmaf_rn(-Q::OFF, sg[gg], s);
-                                float a2 = __fmaf_rn(dl[v][gg], s, acc[k][v][t]);
-                                if (Q::USES_MIN) a2 = __fmaf_rn(-ml[v][gg], sm[gg], a2);
-                                acc[k][v][t] = a2;
+                                Q::unit(rows[rr][v] + boff, i, q[v], dl[v], ml[v]);
+                                acc[k][rr][v][0] = dot_unit(q[v], dl[v], ml[v], xv, sg, sm, acc[k][rr][v][0]);
                             }
                         }
                     }
@@ -186,14 +211,14 @@ __device__ void moe_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         }
         cp_async_wait<0>();
 #pragma unroll
-        for (int k = 0; k < RPW; k++) {
-            const int r = rbase + k * WARPS * RT + p;
+        for (int k = 0; k < RPW * RPL; k++) {
+            const int r = rbase + (k / RPL) * WARPS * RT + pg * RPL + k % RPL;
 #pragma unroll
             for (int t = 0; t < TT; t++) {
                 if (t >= nt) break;
                 float vv[NW];
                 _Pragma("unroll") for (int v = 0; v < NW; v++) {
-                    vv[v] = acc[k][v][t];
+                    vv[v] = acc[k / RPL][k % RPL][v][t];
                     for (int off = LPR / 2; off > 0; off >>= 1) vv[v] = vv[v] + __shfl_xor_sync(0xffffffff, vv[v], off);
                 }
                 if (l == 0 && r < R) {
