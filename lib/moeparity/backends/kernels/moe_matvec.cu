@@ -6,9 +6,10 @@
 // from (blockIdx.x·WARPS·RPW + k·WARPS + w)·RT. Rows are walked in chunks of CW weights; per chunk
 // the block stages x of up to TT members in shared memory, one padded slot of XSLOT floats per
 // 32 weights: 32 values, the four sequential 8-term sums Σx (formats with OFF), the four sums the
-// min term uses (Σx again, or in q8_1 mode llama.cpp's block sum S and three zeros). Each warp streams its (chunk, tile) items through an NB-deep
-// ring of shared buffers with cp.async (16-byte copies of the aligned span around the bytes), so
-// NB-1 items are in flight while one is computed.
+// min term uses (Σx again, or in q8_1 mode llama.cpp's block sum S and three zeros). Each warp
+// streams its (chunk, tile) items through an NB-deep ring of shared buffers with cp.async
+// (16-byte copies of the aligned span around the bytes), so NB-1 items are in flight while one is
+// computed.
 //
 // Arithmetic (bit-exact in backends/emulated.py): a lane serves RPL rows of the tile, LPR =
 // 32·RPL/RT lanes a row; in a chunk, unit u (32 weights) of tile row p goes to lane
@@ -262,11 +263,11 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB) KIND##_##Q(      
     moe_rows<Q, GU, SHAPE, TT>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, X, S, out, out2, out3, mode, act,  \
                                alpha, limit, cw);                                                               \
 }
-// moe_matvec1 / moe_gate_up1: groups of one member (single token, or per-slot down inputs)
+// moe_matvec1[n] / moe_gate_up1: groups of one member (a single token, or per-slot down inputs)
 #define ENTRY(Q)                                                                                                \
 MATVEC(moe_matvec, Q, false, SHAPE_T, MAXT, 1)                                                                  \
-MATVEC(moe_matvec1, Q, false, SHAPE_1, 1, MINB_1)                                                                    \
-MATVEC(moe_matvec1n, Q, false, SHAPE_1N, 1, MINB_1N)                                                                 \
+MATVEC(moe_matvec1, Q, false, SHAPE_1, 1, MINB_1)                                                              \
+MATVEC(moe_matvec1n, Q, false, SHAPE_1N, 1, MINB_1N)                                                           \
 MATVEC(moe_gate_up, Q, true, SHAPE_T, MAXT, 1)                                                                  \
 MATVEC(moe_gate_up1, Q, true, SHAPE_1GU, 1, 2)                                                                  \
 extern "C" __global__ void dequant_##Q(const u8* W, int rb, int n_in, long long n_rows, float* out) {          \
