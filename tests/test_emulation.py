@@ -156,3 +156,16 @@ def test_parts_give_the_dequantised_weights(qtype, rng):
     q, dl, ml = dq.parts8(blocks, qt)
     got = (dl[:, :, None] * q.reshape(q.shape[0], -1, 8) - ml[:, :, None]).reshape(-1)
     assert np.array_equal(got, dq.dequantize_blocks(blocks, qt).reshape(-1))
+
+
+@pytest.mark.parametrize("qtype", list(QTYPES))
+def test_every_launch_shape_has_a_chunk_size(qtype):
+    """Every qtype × kernel variant × usual row width stages within shared memory (a launch that
+    cannot would be a BadArgument at run time, on the GPU and in the emulation alike)."""
+    qt = QTYPES[qtype]
+    for n in (96, 256, 512, 768, 1024, 1408, 2048, 2880, 4096, 7168, 14336):
+        if n % qt.block == 0:
+            for tcap in (1, L.MAXT):
+                for nw in (1, 2):
+                    cw = L.chunk_weights(qt, tcap, n, nw)
+                    assert cw % qt.block == 0 and L.smem_bytes(qt, cw, tcap, n, nw) <= L.SMEM_LIMIT

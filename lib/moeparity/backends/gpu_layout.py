@@ -72,13 +72,13 @@ def smem_bytes(qt, cw: int, tcap: int, n_in: int, nw: int = 1) -> int:
 
 def chunk_weights(qt, tcap: int, n_in: int, nw: int = 1) -> int:
     """Weights per chunk (CW): the whole row when its staging fits shared memory, else the largest
-    of 4096/2048/1024/512/256 that does.
+    of 4096, 2048, …, 32 (whole blocks) that does.
 
     It fixes which lane owns which unit, so the emulation must use the same value.
     """
     whole = -(-n_in // UNIT) * UNIT
-    for cw in (whole, 4096, 2048, 1024, 512, 256):
-        if cw <= whole and smem_bytes(qt, cw, tcap, n_in, nw) <= SMEM_LIMIT:
+    for cw in (whole, 4096, 2048, 1024, 512, 256, 128, 64, 32):
+        if cw <= whole and cw % qt.block == 0 and smem_bytes(qt, cw, tcap, n_in, nw) <= SMEM_LIMIT:
             return cw
     raise BadArgument(f"{qt.name}: no chunk size fits shared memory")
 
