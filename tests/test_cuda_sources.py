@@ -1,6 +1,7 @@
 """Every .cu file compiles with the machine's nvcc (CI has no GPU, but has the compiler)."""
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -29,3 +30,40 @@ def test_kernel_entry_points_cover_the_qtype_table():
     src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
     for q in QTYPES:
         assert f"ENTRY({q})" in src
+
+
+def _defines(src: str) -> dict:
+    out = {}
+    for m in re.finditer(r"^#define (\w+) ([^/\n]+?)\s*(?://.*)?$", src, re.M):
+        out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def test_layout_constants_match_the_kernels():
+    """gpu_layout.py restates the kernels' constants for the emulation; a drift would make the
+    emulation silently disagree with the GPU, which CI (no GPU) could not otherwise see."""
+    from moeparity.backends import gpu_layout as L
+    src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
+    d = _defines(src)
+    assert (int(d["WARPS"]), int(d["MAXT"]), int(d["XSLOT"])) == (L.WARPS, L.MAXT, L.XSLOT)
+    shapes = {"1": "SHAPE_1", "1n": "SHAPE_1N", "gu1": "SHAPE_1GU", "": "SHAPE_T", "gu": "SHAPE_T"}
+    for v, macro in shapes.items():
+        assert tuple(int(x) for x in d[macro].split(",")) == L.SHAPES[v], macro
+    for v, kind in (("", "moe_matvec"), ("1", "moe_matvec1"), ("1n", "moe_matvec1n"), ("gu", "moe_gate_up"),
+                    ("gu1", "moe_gate_up1")):
+        assert re.search(rf"MATVEC\({kind}, Q, \w+, {shapes[v]},", src), kind
+
+
+def test_qtype_flags_match_the_kernels():
+    from moeparity.backends import gpu_layout as L
+    from moeparity.qtypes import QTYPES
+    src = open(os.path.join(KERNEL_DIR, "decode.cuh")).read()
+    rows = {m.group(1): m.groups()[1:] for m in re.finditer(
+        r"^QTYPE\((\w+), (\d+), (\d+), (true|false), (true|false), ([\d.]+)f, ([\d.]+)f\)", src, re.M)}
+    assert set(rows) == set(QTYPES)
+    for name, (block, nbytes, uses_min, min_q81, k, bias) in rows.items():
+        qt = QTYPES[name]
+        assert (int(block), int(nbytes)) == (qt.block, qt.nbytes), name
+        assert (uses_min == "true") == (name in L.USES_MIN), name
+        assert (min_q81 == "true") == (name in L.MIN_FORMATS), name
+        assert ((float(k), float(bias)) if float(k) else None) == L.AFFINE.get(name), name
