@@ -45,3 +45,13 @@ def test_gpu_oom_names_layer_and_bytes():
     msg = str(e.value)
     assert isinstance(e.value, MoeParityError)
     assert "blk.6.ffn_down_exps.weight" in msg and "layer 6" in msg and str(2 * t.expert_bytes) in msg
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+def test_bench_gpu_without_gpu_is_one_line_exit_2():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "moeparity.cli", "bench", "gpu", "--quick"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "CUDA device" in r.stderr and "Traceback" not in r.stderr
