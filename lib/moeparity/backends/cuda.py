@@ -104,15 +104,16 @@ class Launch:
     """A prepared kernel launch (device inputs and outputs allocated); calling it runs the kernel.
 
     Ws: device weights of the experts used, (n_experts_used, R, row_bytes) each, in the order of
-    gpu_layout.layout(ids)'s experts, or whole tensors with `index` giving each used expert's
-    position in them; one tensor → moe_matvec*, two (gate, up) → moe_gate_up*.
+    gpu_layout.layout(ids)'s experts, or (in_place) whole tensors read at the experts' own ids;
+    one tensor → moe_matvec*, two (gate, up) → moe_gate_up*.
     The benchmark times these calls; the backend makes one per matvec.
     """
 
-    def __init__(self, be, qt, Ws, R, n_in, ids, X, act="f32", kind="silu", alpha=0.0, limit=0.0, index=None):
+    def __init__(self, be, qt, Ws, R, n_in, ids, X, act="f32", kind="silu", alpha=0.0, limit=0.0, in_place=False):
         cp = be.cp
         T, k = ids.shape
         experts, start, mx, mo = L.layout(ids, X.shape[0] == T)
+        self.n_experts = len(experts)
         Xq, S, mode = L.activations(X, qt, act)
         nw = len(Ws)
         tcap = L.tcap_of(start)
@@ -125,7 +126,7 @@ class Launch:
         self.grid = (-(-R // L.rows_per_block(tcap, n_in, nw)), len(experts))
         o = self.outs
         self.args = (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
-                     cp.asarray(np.arange(len(experts)) if index is None else index, dtype=cp.int32),
+                     cp.asarray(experts if in_place else np.arange(len(experts)), dtype=cp.int32),
                      cp.asarray(start), cp.asarray(mx), cp.asarray(mo),
                      cp.asarray(Xq), cp.asarray(S), o[0], o[1 % len(o)], o[2 % len(o)], np.int32(mode),
                      np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit), np.int32(cw))

@@ -8,7 +8,7 @@ from ..errors import BadArgument
 from ..quant.actquant import q8_1_cuda
 from .cpu import group_pairs
 
-WARPS, MAXT, LANES, GROUP, UNIT, XSLOT = 8, 8, 32, 8, 32, 44   # must match kernels/moe_matvec.cu
+WARPS, MAXT, LANES, UNIT, XSLOT = 8, 8, 32, 32, 44   # must match kernels/moe_matvec.cu
 # Kernel variants: name suffix → (rows per warp, rows per tile, ring depth, rows per lane), as
 # SHAPE_* in kernels/moe_matvec.cu. A row gets 32·rows-per-lane/rows-per-tile lanes, so the
 # single-member matvec has a variant for rows whose unit count (weights/32) the lanes of "1" do
