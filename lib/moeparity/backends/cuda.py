@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import NoDevice
 from ..qtypes import QTYPES
 from . import gpu_layout as L
+from . import intdot
 from .base import Backend, check_shapes
 from .streaming import ExpertUploader
 
@@ -114,22 +115,39 @@ class Launch:
         T, k = ids.shape
         experts, start, mx, mo = L.layout(ids, X.shape[0] == T)
         self.n_experts = len(experts)
-        Xq, S, mode = L.activations(X, qt, act)
         nw = len(Ws)
+        self.outs = [cp.empty((T * k, R), cp.float32) for _ in range(1 if nw == 1 else 3)]
+        o = self.outs
+        gexp = cp.asarray(experts if in_place else np.arange(len(experts)), dtype=cp.int32)
+        row_bytes = n_in // qt.block * qt.nbytes
+        groups = (cp.asarray(start), cp.asarray(mx), cp.asarray(mo))
+        self.steps = []
+        if intdot.serves(qt.name, act):
+            # tensor cores: activations to fixed point, then one launch (gate and up: grid z), then act
+            gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
+            dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
+            self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
+                               (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
+            name = f"moe_mma{'1' if np.diff(start).max(initial=1) <= 2 else ''}_{qt.name}"
+            self.steps.append((be.module.get_function(name), (-(-R // 16), len(experts), nw), (32 * intdot.parts(n_in),), 0,
+                               (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
+                                gexp, *groups, dig, sig, mxs, o[0], o[1 % len(o)])))
+            if nw == 2:
+                N = T * k * R
+                self.steps.append((be.module.get_function("act_rows"), (-(-N // 256),), (256,), 0,
+                                   (o[0], o[1], o[2], np.int64(N), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit))))
+            return
+        Xq, S, mode = L.activations(X, qt, act)
         tcap = L.tcap_of(start)
         cw = L.chunk_weights(qt, tcap, n_in, nw)
-        row_bytes = n_in // qt.block * qt.nbytes
-        self.smem = L.smem_bytes(qt, cw, tcap, n_in, nw)
-        self.outs = [cp.empty((T * k, R), cp.float32) for _ in range(1 if nw == 1 else 3)]
-        self.fn = be.module.get_function(L.kernel_name(tcap, n_in, nw, qt))
-        self.fn.max_dynamic_shared_size_bytes = self.smem
-        self.grid = (-(-R // L.rows_per_block(tcap, n_in, nw)), len(experts))
-        o = self.outs
-        self.args = (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
-                     cp.asarray(experts if in_place else np.arange(len(experts)), dtype=cp.int32),
-                     cp.asarray(start), cp.asarray(mx), cp.asarray(mo),
-                     cp.asarray(Xq), cp.asarray(S), o[0], o[1 % len(o)], o[2 % len(o)], np.int32(mode),
-                     np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit), np.int32(cw))
+        smem = L.smem_bytes(qt, cw, tcap, n_in, nw)
+        fn = be.module.get_function(L.kernel_name(tcap, n_in, nw, qt))
+        fn.max_dynamic_shared_size_bytes = smem
+        self.steps.append((fn, (-(-R // L.rows_per_block(tcap, n_in, nw)), len(experts)), (L.WARPS * 32,), smem,
+                           (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
+                            gexp, *groups, cp.asarray(Xq), cp.asarray(S), o[0], o[1 % len(o)], o[2 % len(o)],
+                            np.int32(mode), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit), np.int32(cw))))
 
     def __call__(self):
-        self.fn(self.grid, (L.WARPS * 32,), self.args, shared_mem=self.smem)
+        for fn, grid, block, smem, args in self.steps:
+            fn(grid, block, args, shared_mem=smem)

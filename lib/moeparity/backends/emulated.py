@@ -114,6 +114,7 @@ class EmulatedCudaBackend(Backend):
         return q.reshape(R, -1), dl.reshape(R, -1), ml.reshape(R, -1), off
 
     def moe_matvec(self, tensor, ids, x, act="f32", nw: int = 1):
+        from . import intdot                                 # (it uses this module's fmaf)
         self.check_act(act)
         qt = QTYPES[self.dispatch(tensor.type_id, tensor.name)]
         L.check_n_in(tensor, act)
@@ -129,6 +130,12 @@ class EmulatedCudaBackend(Backend):
         block_sum = mode == 1 and qt.name in L.MIN_FORMATS
         out = np.empty((T * k, tensor.n_out), F32)
         flat = ids.reshape(-1)
+        if intdot.serves(qt.name, act):          # the tensor-core kernels (intdot.py)
+            for e in np.unique(flat):
+                sel = np.nonzero(flat == e)[0]
+                raw = np.asarray(tensor.expert(int(e))).reshape(tensor.n_out, -1)
+                out[sel] = intdot.matvec(raw, qt.name, X[sel])
+            return out.reshape(T, k, tensor.n_out)
         for e in np.unique(flat):
             Q, DL, ML, off = self._rows(tensor, qt, e)
             sel = np.nonzero(flat == e)[0]

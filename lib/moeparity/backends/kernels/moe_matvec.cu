@@ -274,6 +274,8 @@ extern "C" __global__ void dequant_##Q(const u8* W, int rb, int n_in, long long 
     dequant_rows<Q>(W, rb, n_in, n_rows, out);                                                                  \
 }
 
+#include "moe_mma.cuh"                         // Q4_K/Q6_K in f32 mode: int8 tensor cores
+
 #ifdef ONLY
 ENTRY(Q4_K) ENTRY(Q6_K)                         // kernel tuning builds (benchmarks/gpu_tune.py)
 #else
