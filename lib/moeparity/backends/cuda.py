@@ -52,6 +52,7 @@ class CudaBackend(Backend):
         self.label = f"cuda ({props['name'].decode() if isinstance(props['name'], bytes) else props['name']})"
         src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
         self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",) + tuple(defines))
+        self.sm_count = int(props["multiProcessorCount"])
         super().__init__()
         self.uploader = ExpertUploader(cp)
 
@@ -123,15 +124,19 @@ class Launch:
         groups = (cp.asarray(start), cp.asarray(mx), cp.asarray(mo))
         self.steps = []
         if intdot.serves(qt.name, act):
-            # tensor cores: activations to fixed point, then one launch (gate and up: grid z), then act
+            # tensor cores: activations to fixed point, then one launch (gate and up: grid y), then act
             gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
             dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
             self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
-            name = f"moe_mma{'1' if np.diff(start).max(initial=1) <= 2 else ''}_{qt.name}"
-            self.steps.append((be.module.get_function(name), (-(-R // 16), len(experts), nw), (32 * intdot.parts(n_in),), 0,
+            gx, gs0 = L.member_chunks(experts if in_place else np.arange(len(experts)), start, L.MMA_MEMBERS)
+            name = f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= 2 else ''}_{qt.name}"
+            n_items = (len(gs0) - 1) * -(-R // 16)
+            per_warp = -(-n_items // (be.sm_count * L.MMA_WARPS_PER_SM))
+            self.steps.append((be.module.get_function(name), (-(-n_items // (4 * per_warp)), nw), (128,), 0,
                                (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
-                                gexp, *groups, dig, sig, mxs, o[0], o[1 % len(o)])))
+                                cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *groups[1:], dig, sig, mxs,
+                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp))))
             if nw == 2:
                 N = T * k * R
                 self.steps.append((be.module.get_function("act_rows"), (-(-N // 256),), (256,), 0,

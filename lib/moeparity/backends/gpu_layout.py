@@ -26,6 +26,21 @@ MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # q8_1 mode: min term
 USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kernels stage Σx per 8 weights
 
 
+# Tensor-core kernels (kernels/moe_mma.cuh): members per group at most (4 MMAs of 2), and warps per
+# SM the grid is sized for (each warp then streams a run of 16-row tiles; no effect on results).
+MMA_MEMBERS, MMA_WARPS_PER_SM = 8, 16
+
+
+def member_chunks(gexp: np.ndarray, start: np.ndarray, most: int):
+    """Groups of more than `most` members split into consecutive groups of the same expert."""
+    ge, st = [], []
+    for e, a, b in zip(gexp, start[:-1], start[1:]):
+        for c in range(a, b, most):
+            ge.append(e)
+            st.append(c)
+    return np.asarray(ge, np.int32), np.asarray(st + [start[-1]], np.int32)
+
+
 def check_n_in(tensor, act: str):
     if tensor.n_in % UNIT:
         raise BadArgument(f"{tensor.name}: rows of {tensor.n_in} weights; the CUDA kernels need a multiple of {UNIT}")

@@ -14,8 +14,7 @@ products and sums exactly, so the only roundings left are few and easy to state:
        acc = fma(d, f32(I)·σ, acc);  acc = fma(−dm, mm, acc)
    Q4_K: groups of 32, sc = 6-bit scale, q = nibble, cm = 6-bit min, dm = dmin.
    Q6_K: groups of 16, sc = int8 scale, q = the unsigned 6-bit value, cm = sc, dm = 32·d.
-3. A row's superblocks are split into P = min(PMAX, S) contiguous parts (one warp each), each
-   accumulated from 0 as above; the parts are then added in order.
+   over the row's superblocks in order, from acc = 0 (one warp holds a row's whole sum).
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ from .emulated import fmaf
 
 F32 = np.float32
 SB = 256            # superblock: the unit of the activation scale and of the row split
-PMAX = 4            # warps (row parts) per block, at most — must match kernels/moe_mma.cuh
 XBITS = 30          # |X| ≤ 2^XBITS
 EMIN = -96          # smallest exponent E: σ stays a normal float
 GROUP = {"Q4_K": 32, "Q6_K": 16}   # weights per scale group
@@ -37,11 +35,6 @@ def serves(name: str, act: str) -> bool:
     """Whether a launch takes the tensor-core kernels (else the float kernels: q8_1 mode reproduces
     llama.cpp's MMVQ, other formats have no integer path)."""
     return act == "f32" and name in GROUP
-
-
-def parts(n_in: int) -> int:
-    """Warps (row parts) per block for rows of n_in weights."""
-    return min(PMAX, n_in // SB)
 
 
 def fixed_point(X: np.ndarray, gs: int):
@@ -77,7 +70,7 @@ def int_parts(blocks: np.ndarray, name: str):
 
 
 @njit(parallel=True, cache=True)
-def int_rows(q, sc, cm, d, dm, Xi, sig, Mx, gs, P, out):
+def int_rows(q, sc, cm, d, dm, Xi, sig, Mx, gs, out):
     """out[p, r] for rows r of q (R, S, 256) … against x rows p of Xi (T, S, 256) …"""
     R, S, _ = q.shape
     T = Xi.shape[0]
@@ -85,22 +78,19 @@ def int_rows(q, sc, cm, d, dm, Xi, sig, Mx, gs, P, out):
     for job in prange(T * R):
         p = job // R
         r = job % R
-        total = np.float32(0.0)
-        for part in range(P):
-            acc = np.float32(0.0)
-            for s in range(part * S // P, (part + 1) * S // P):
-                big = np.int64(0)
-                mm = np.float32(0.0)
-                for g in range(G):
-                    dot = np.int64(0)
-                    for j in range(g * gs, g * gs + gs):
-                        dot += q[r, s, j] * Xi[p, s, j]
-                    big += sc[r, s, g] * dot
-                    mm = fmaf(cm[r, s, g], Mx[p, s, g], mm)
-                acc = fmaf(d[r, s], np.float32(big) * sig[p, s], acc)
-                acc = fmaf(-dm[r, s], mm, acc)
-            total = acc if part == 0 else np.float32(total + acc)
-        out[p, r] = total
+        acc = np.float32(0.0)
+        for s in range(S):
+            big = np.int64(0)
+            mm = np.float32(0.0)
+            for g in range(G):
+                dot = np.int64(0)
+                for j in range(g * gs, g * gs + gs):
+                    dot += q[r, s, j] * Xi[p, s, j]
+                big += sc[r, s, g] * dot
+                mm = fmaf(cm[r, s, g], Mx[p, s, g], mm)
+            acc = fmaf(d[r, s], np.float32(big) * sig[p, s], acc)
+            acc = fmaf(-dm[r, s], mm, acc)
+        out[p, r] = acc
 
 
 def matvec(raw_rows: np.ndarray, name: str, X: np.ndarray) -> np.ndarray:
@@ -113,5 +103,5 @@ def matvec(raw_rows: np.ndarray, name: str, X: np.ndarray) -> np.ndarray:
     Xi, sig, Mx = fixed_point(X, gs)
     out = np.empty((X.shape[0], R), F32)
     int_rows(q.reshape(R, S, SB), sc.reshape(R, S, -1), cm.reshape(R, S, -1), d.reshape(R, S), dm.reshape(R, S),
-             Xi, sig, Mx, gs, parts(n), out)
+             Xi, sig, Mx, gs, out)
     return out

@@ -17,7 +17,6 @@
 // superblock a lane pair joins its four digit sums into the exact int64 I.
 #pragma once
 
-#define MMA_PMAX 4                 // gpu_layout / intdot.PMAX
 #define MMA_XBITS 30               // intdot.XBITS
 #define MMA_EMIN (-96)             // intdot.EMIN
 
@@ -103,10 +102,9 @@ struct MQ6_K {
 // the even lane joins them into the exact I and adds d·f32(I)·σ − dm·mm (the odd lane's copy is unused).
 template <int NM>
 __device__ __forceinline__ void finish(int (*T)[4], float (*mm)[2], const float* dd, const float* dm,
-                                       const float* sg, int nm, float (*acc)[2]) {
+                                       const float* sg, float (*acc)[2]) {
 #pragma unroll
     for (int m = 0; m < NM; m++) {
-        if (m >= nm) break;
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
             const int hi0 = __shfl_xor_sync(0xffffffffu, T[m][2 * rr], 1);
@@ -121,7 +119,7 @@ __device__ __forceinline__ void finish(int (*T)[4], float (*mm)[2], const float*
 // One superblock of rows g, g+8 (raw a[0], a[1]) for NM member pairs: adds to acc[m][row].
 template <int NM>
 __device__ __forceinline__ void superblock(const MQ4_K::Raw* a, const uint2* __restrict__ xb, const int* xoff,
-                                           const float* sg, const float* __restrict__ mxs, const int* moff, int nm, float (*acc)[2]) {
+                                           const float* sg, const float* __restrict__ mxs, const int* moff, float (*acc)[2]) {
     int T[NM][4];
     float mm[NM][2];
     unsigned scw[2][2], mnw[2][2];
@@ -144,8 +142,7 @@ __device__ __forceinline__ void superblock(const MQ4_K::Raw* a, const uint2* __r
         const float c0 = byte_f(mnw[0][sb >> 2], sb & 3, 0.f), c1 = byte_f(mnw[1][sb >> 2], sb & 3, 0.f);
 #pragma unroll
         for (int m = 0; m < NM; m++) {
-            if (m >= nm) break;
-            int d[4];
+                int d[4];
             mma32(d, a0, a1, a2, a3, __ldg(xb + xoff[m] + sb * 16));
             T[m][0] += s0 * d[0]; T[m][1] += s0 * d[1]; T[m][2] += s1 * d[2]; T[m][3] += s1 * d[3];
             const float x = __ldg(mxs + moff[m] + sb);
@@ -159,12 +156,12 @@ __device__ __forceinline__ void superblock(const MQ4_K::Raw* a, const uint2* __r
         dd[rr] = __half2float(__ushort_as_half((unsigned short)(a[rr].h.x & 0xFFFF)));
         dm[rr] = __half2float(__ushort_as_half((unsigned short)(a[rr].h.x >> 16)));
     }
-    finish<NM>(T, mm, dd, dm, sg, nm, acc);
+    finish<NM>(T, mm, dd, dm, sg, acc);
 }
 
 template <int NM>
 __device__ __forceinline__ void superblock(const MQ6_K::Raw* a, const uint2* __restrict__ xb, const int* xoff,
-                                           const float* sg, const float* __restrict__ mxs, const int* moff, int nm, float (*acc)[2]) {
+                                           const float* sg, const float* __restrict__ mxs, const int* moff, float (*acc)[2]) {
     int T[NM][4];
     float mm[NM][2];
 #pragma unroll
@@ -174,7 +171,7 @@ __device__ __forceinline__ void superblock(const MQ6_K::Raw* a, const uint2* __r
         const int h = b >> 2, k = b & 3;
         uint2 xv[NM];
 #pragma unroll
-        for (int m = 0; m < NM; m++) if (m < nm) xv[m] = __ldg(xb + xoff[m] + b * 16);
+        for (int m = 0; m < NM; m++) xv[m] = __ldg(xb + xoff[m] + b * 16);
 #pragma unroll
         for (int grp = 0; grp < 2; grp++) {                // groups of 16: elements 4tq.. (b0), 16+4tq.. (b1)
             const int gi = 8 * h + 2 * k + grp;
@@ -191,8 +188,7 @@ __device__ __forceinline__ void superblock(const MQ6_K::Raw* a, const uint2* __r
             }
 #pragma unroll
             for (int m = 0; m < NM; m++) {
-                if (m >= nm) break;
-                int d[4];
+                        int d[4];
                 mma16(d, av[0], av[1], grp ? xv[m].y : xv[m].x);
                 T[m][0] += sv[0] * d[0]; T[m][1] += sv[0] * d[1]; T[m][2] += sv[1] * d[2]; T[m][3] += sv[1] * d[3];
                 const float x = __ldg(mxs + moff[m] + gi);
@@ -207,89 +203,107 @@ __device__ __forceinline__ void superblock(const MQ6_K::Raw* a, const uint2* __r
         dd[rr] = __half2float(__ushort_as_half(a[rr].d));
         dm[rr] = dd[rr] * 32.f;
     }
-    finish<NM>(T, mm, dd, dm, sg, nm, acc);
+    finish<NM>(T, mm, dd, dm, sg, acc);
 }
 
+// One work item: a tile of 16 rows of one group (≤ 2·NM members), as lane (g, tq) sees it.
+template <int NM>
+struct Item {
+    const u8* row[2];              // rows g and g+8 (rows past R read row 0)
+    int r0, tb[NM], td[NM], od[NM], nt;
+};
+template <int NM>
+__device__ __forceinline__ Item<NM> item(int i, int tpg, const u8* W, long long es, int R, int row_bytes,
+                                         const int* __restrict__ gexp, const int* __restrict__ gstart,
+                                         const int* __restrict__ mx, const int* __restrict__ mo, int g, int tq) {
+    Item<NM> it;
+    const int grp = i / tpg, m0 = gstart[grp];
+    const u8* base = W + (long long)gexp[grp] * es;
+    it.r0 = (i % tpg) * 16 + g;
+    it.row[0] = base + (long long)(it.r0 < R ? it.r0 : 0) * row_bytes;
+    it.row[1] = base + (long long)(it.r0 + 8 < R ? it.r0 + 8 : 0) * row_bytes;
+    it.nt = gstart[grp + 1] - m0;
+#pragma unroll
+    for (int m = 0; m < NM; m++) {                       // B column's member, D's member (clamped)
+        it.tb[m] = mx[m0 + min(2 * m + g / 4, it.nt - 1)];
+        const int k = m0 + min(2 * m + tq / 2, it.nt - 1);
+        it.td[m] = mx[k];
+        it.od[m] = mo[k];
+    }
+    return it;
+}
+
+// Warp wg streams items [wg·per_warp, …) superblock by superblock, loading the next superblock
+// (of this item or the next) while computing the current one. Warps share nothing.
 template <class F, int NM>
 __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int row_bytes,
                          int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
                          const int* __restrict__ mx, const int* __restrict__ mo, const uint2* __restrict__ xb,
                          const float* __restrict__ sig, const float* __restrict__ mxs, float* __restrict__ out,
-                         float* __restrict__ out2) {
-    __shared__ float red[MMA_PMAX][NM][32][2];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
-    const int P = blockDim.x / 32, S = n_in / 256, s0 = warp * S / P, s1 = (warp + 1) * S / P;
-    const int grp = blockIdx.y, nblk = n_in / 32, G = 256 / F::GS;
-    const u8* base = (blockIdx.z ? W2 : W) + (long long)gexp[grp] * es;   // z = 1: the up tensor
-    float* o = blockIdx.z ? out2 : out;
-    const int r0 = blockIdx.x * 16 + g, r1 = r0 + 8;                       // rows past R read row 0
-    const u8* row0 = base + (long long)(r0 < R ? r0 : 0) * row_bytes;
-    const u8* row1 = base + (long long)(r1 < R ? r1 : 0) * row_bytes;
-    for (int m0 = gstart[grp]; m0 < gstart[grp + 1]; m0 += 2 * NM) {
-        const int nt = min(2 * NM, gstart[grp + 1] - m0), nm = (nt + 1) / 2;
-        int tb[NM], td[NM];                                                // B column's member, D's member
+                         float* __restrict__ out2, int n_items, int per_warp) {
+    const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
+    const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
+    if (i0 >= i1) return;
+    const int S = n_in / 256, tpg = (R + 15) / 16, nblk = n_in / 32, G = 256 / F::GS, nq = (i1 - i0) * S;
+    const u8* Wz = blockIdx.y ? W2 : W;                  // y = 1: the up tensor of gate+up
+    float* o = blockIdx.y ? out2 : out;
+    Item<NM> it = item<NM>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq), nit = it;
+    typename F::Raw cur[2], nxt[2];
+    F::load(it.row[0], tq, cur[0]);
+    F::load(it.row[1], tq, cur[1]);
+    float acc[NM][2];
+#pragma unroll
+    for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
+    for (int q = 0, s = 0; q < nq; q++) {
+        if (q + 1 < nq) {
+            if (s + 1 < S) {
+                F::load(it.row[0] + (s + 1) * F::NBYTES, tq, nxt[0]);
+                F::load(it.row[1] + (s + 1) * F::NBYTES, tq, nxt[1]);
+            } else {
+                nit = item<NM>(i0 + (q + 1) / S, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
+                F::load(nit.row[0], tq, nxt[0]);
+                F::load(nit.row[1], tq, nxt[1]);
+            }
+        }
+        int xoff[NM], moff[NM];
+        float sg[NM];
 #pragma unroll
         for (int m = 0; m < NM; m++) {
-            tb[m] = mx[m0 + min(2 * m + g / 4, nt - 1)];
-            td[m] = mx[m0 + min(2 * m + tq / 2, nt - 1)];
+            xoff[m] = (it.tb[m] * nblk + s * 8) * 16 + (g & 3) * 4 + tq;
+            moff[m] = (it.td[m] * S + s) * G;
+            sg[m] = __ldg(sig + it.td[m] * S + s);
         }
-        float acc[NM][2];
-#pragma unroll
-        for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
-        typename F::Raw cur[2], nxt[2];
-        if (s0 < s1) { F::load(row0 + s0 * F::NBYTES, tq, cur[0]); F::load(row1 + s0 * F::NBYTES, tq, cur[1]); }
-#pragma unroll 2
-        for (int s = s0; s < s1; s++) {
-            if (s + 1 < s1) {
-                F::load(row0 + (s + 1) * F::NBYTES, tq, nxt[0]);
-                F::load(row1 + (s + 1) * F::NBYTES, tq, nxt[1]);
-            }
-            int xoff[NM], moff[NM];
-            float sg[NM];
-#pragma unroll
-            for (int m = 0; m < NM; m++) {
-                xoff[m] = (tb[m] * nblk + s * 8) * 16 + (g & 3) * 4 + tq;
-                moff[m] = (td[m] * S + s) * G;
-                sg[m] = __ldg(sig + td[m] * S + s);
-            }
-            superblock<NM>(cur, xb, xoff, sg, mxs, moff, nm, acc);
-            cur[0] = nxt[0];
-            cur[1] = nxt[1];
-        }
-        // parts in order: warp 0's, then warp 1's, …
-#pragma unroll
-        for (int m = 0; m < NM; m++) { red[warp][m][lane][0] = acc[m][0]; red[warp][m][lane][1] = acc[m][1]; }
-        __syncthreads();
-        if (warp == 0) {
-            for (int p = 1; p < P; p++)
-#pragma unroll
-                for (int m = 0; m < NM; m++) {
-                    acc[m][0] = acc[m][0] + red[p][m][lane][0];
-                    acc[m][1] = acc[m][1] + red[p][m][lane][1];
-                }
+        superblock<NM>(cur, xb, xoff, sg, mxs, moff, acc);
+        cur[0] = nxt[0];
+        cur[1] = nxt[1];
+        if (++s == S) {                                  // item done: lanes with even tq hold its sums
             if ((tq & 1) == 0)
 #pragma unroll
                 for (int m = 0; m < NM; m++) {
-                    const int k = 2 * m + tq / 2;
-                    if (k < nt) {
-                        const long long ob = (long long)mo[m0 + k] * R;
-                        if (r0 < R) o[ob + r0] = acc[m][0];
-                        if (r1 < R) o[ob + r1] = acc[m][1];
+                    if (2 * m + tq / 2 < it.nt) {
+                        const long long ob = (long long)it.od[m] * R;
+                        if (it.r0 < R) o[ob + it.r0] = acc[m][0];
+                        if (it.r0 + 8 < R) o[ob + it.r0 + 8] = acc[m][1];
                     }
+                    acc[m][0] = acc[m][1] = 0.f;
                 }
+            else
+#pragma unroll
+                for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
+            it = nit;
+            s = 0;
         }
-        __syncthreads();
     }
 }
 
 // moe_mma1_<Q>: groups of up to 2 members (one MMA per weight group); moe_mma_<Q>: up to 8.
-// grid (ceil(R/16), groups, 1 or 2 (gate, up)), block 32·intdot.parts(n_in).
+// grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128; item = (group, 16-row tile).
 #define MMA_ENTRY(NAME, F, NM)                                                                                   \
-extern "C" __global__ void __launch_bounds__(MMA_PMAX * 32) NAME(                                              \
+extern "C" __global__ void __launch_bounds__(128) NAME(                                                        \
         const u8* W, const u8* W2, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,    \
         const int* mx, const int* mo, const uint2* xb, const float* sig, const float* mxs, float* out,           \
-        float* out2) {                                                                                           \
-    mma_rows<F, NM>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2);                     \
+        float* out2, int n_items, int per_warp) {                                                                \
+    mma_rows<F, NM>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);  \
 }
 MMA_ENTRY(moe_mma1_Q4_K, MQ4_K, 1)
 MMA_ENTRY(moe_mma_Q4_K, MQ4_K, 4)
