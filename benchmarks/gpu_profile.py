@@ -1,4 +1,4 @@
-"""One Q4_K full-layer gate launch (128 experts × 768 × 2048, 1 token), for ncu."""
+"""One Q4_K full-layer gate launch (128 experts × 768 × 2048, 1 token, f32), for ncu."""
 import numpy as np
 
 from moeparity.backends.cuda import CudaBackend

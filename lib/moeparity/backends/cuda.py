@@ -53,8 +53,19 @@ class CudaBackend(Backend):
         src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
         self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",) + tuple(defines))
         self.sm_count = int(props["multiProcessorCount"])
+        self.regs_per_sm, self.smem_per_sm = int(props["regsPerMultiprocessor"]), int(props["sharedMemPerMultiprocessor"])
         super().__init__()
         self.uploader = ExpertUploader(cp)
+
+    def occupancy(self, fn, block: int, smem: int) -> int:
+        """Blocks of `fn` one SM holds at once (sizes grids that stream work per warp): the
+        register, shared-memory and warp limits (registers go to warps in units of 256)."""
+        from cupy.cuda import driver
+        warps = block // 32
+        n = getattr(fn, "num_regs", None) or driver.funcGetAttribute(4, fn.ptr)   # CU_FUNC_ATTRIBUTE_NUM_REGS
+        regs = -(-n * 32 // 256) * 256 * warps
+        by_smem = self.smem_per_sm // (smem + 1024) if smem else 32     # 1 KB per block is the system's
+        return max(1, min(self.regs_per_sm // regs, by_smem, 64 // warps, 32))
 
     # ------------------------------------------------------------------ streaming
     @property
@@ -123,17 +134,19 @@ class Launch:
         row_bytes = n_in // qt.block * qt.nbytes
         groups = (cp.asarray(start), cp.asarray(mx), cp.asarray(mo))
         self.steps = []
-        if intdot.serves(qt.name, act):
+        if intdot.serves(qt.name, act, L.tcap_of(start)):
             # tensor cores: activations to fixed point, then one launch (gate and up: grid y), then act
             gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
             dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
             self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
             gx, gs0 = L.member_chunks(experts if in_place else np.arange(len(experts)), start, L.MMA_MEMBERS)
-            name = f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= 2 else ''}_{qt.name}"
+            fn = be.module.get_function(f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= 2 else ''}_{qt.name}")
+            smem = L.mma_smem(qt.name)
+            fn.max_dynamic_shared_size_bytes = smem
             n_items = (len(gs0) - 1) * -(-R // 16)
-            per_warp = -(-n_items // (be.sm_count * L.MMA_WARPS_PER_SM))
-            self.steps.append((be.module.get_function(name), (-(-n_items // (4 * per_warp)), nw), (128,), 0,
+            per_warp = -(-n_items // (be.sm_count * 4 * be.occupancy(fn, 128, smem)))
+            self.steps.append((fn, (-(-n_items // (4 * per_warp)), nw), (128,), smem,
                                (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *groups[1:], dig, sig, mxs,
                                 o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp))))

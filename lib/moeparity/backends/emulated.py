@@ -121,21 +121,21 @@ class EmulatedCudaBackend(Backend):
         ids, xb = check_shapes(tensor, ids, x)
         T, k = ids.shape
         X = np.ascontiguousarray(xb.reshape(T * k, -1), F32)
-        Xq, S, mode = L.activations(X, qt, act)
-        sig = group_sums(Xq)
-        tcap = L.tcap_of(L.layout(ids, True)[1])
-        cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)
-        lpr = L.lanes_per_row(L.variant(tcap, tensor.n_in, nw))
-        uses_min = qt.name in L.USES_MIN
-        block_sum = mode == 1 and qt.name in L.MIN_FORMATS
         out = np.empty((T * k, tensor.n_out), F32)
         flat = ids.reshape(-1)
-        if intdot.serves(qt.name, act):          # the tensor-core kernels (intdot.py)
+        tcap = L.tcap_of(L.layout(ids, True)[1])
+        if intdot.serves(qt.name, act, tcap):               # the tensor-core kernels (intdot.py)
             for e in np.unique(flat):
                 sel = np.nonzero(flat == e)[0]
                 raw = np.asarray(tensor.expert(int(e))).reshape(tensor.n_out, -1)
                 out[sel] = intdot.matvec(raw, qt.name, X[sel])
             return out.reshape(T, k, tensor.n_out)
+        Xq, S, mode = L.activations(X, qt, act)
+        sig = group_sums(Xq)
+        cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)
+        lpr = L.lanes_per_row(L.variant(tcap, tensor.n_in, nw))
+        uses_min = qt.name in L.USES_MIN
+        block_sum = mode == 1 and qt.name in L.MIN_FORMATS
         for e in np.unique(flat):
             Q, DL, ML, off = self._rows(tensor, qt, e)
             sel = np.nonzero(flat == e)[0]

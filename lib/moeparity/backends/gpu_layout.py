@@ -26,9 +26,15 @@ MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # q8_1 mode: min term
 USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kernels stage Σx per 8 weights
 
 
-# Tensor-core kernels (kernels/moe_mma.cuh): members per group at most (4 MMAs of 2), and warps per
-# SM the grid is sized for (each warp then streams a run of 16-row tiles; no effect on results).
-MMA_MEMBERS, MMA_WARPS_PER_SM = 8, 16
+# Tensor-core kernels (kernels/moe_mma.cuh): members per group at most (4 MMAs of 2); per format the
+# shared ring of each of a block's 4 warps: depth and bytes per row slice (MMA_NB_*, STRIDE there).
+MMA_MEMBERS = 8
+MMA_RING = {"Q4_K": (3, 144), "Q6_K": (2, 240)}
+
+
+def mma_smem(name: str) -> int:
+    nb, stride = MMA_RING[name]
+    return 4 * nb * 16 * stride
 
 
 def member_chunks(gexp: np.ndarray, start: np.ndarray, most: int):

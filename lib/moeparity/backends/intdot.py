@@ -31,10 +31,12 @@ EMIN = -96          # smallest exponent E: σ stays a normal float
 GROUP = {"Q4_K": 32, "Q6_K": 16}   # weights per scale group
 
 
-def serves(name: str, act: str) -> bool:
-    """Whether a launch takes the tensor-core kernels (else the float kernels: q8_1 mode reproduces
-    llama.cpp's MMVQ, other formats have no integer path)."""
-    return act == "f32" and name in GROUP
+def serves(name: str, act: str, tcap: int) -> bool:
+    """Whether a launch takes the tensor-core kernels: f32 mode, Q4_K/Q6_K, and some expert with
+    two or more members (gpu_layout.tcap_of > 1). Else the float kernels: one member per expert
+    (a single token) runs faster on their tuned single-member forms, q8_1 mode reproduces
+    llama.cpp's MMVQ, and other formats have no integer path."""
+    return act == "f32" and name in GROUP and tcap > 1
 
 
 def fixed_point(X: np.ndarray, gs: int):
@@ -42,10 +44,9 @@ def fixed_point(X: np.ndarray, gs: int):
     P, n = X.shape
     x = np.asarray(X, F32).reshape(P, n // SB, SB)
     finite = np.isfinite(x).all(axis=2)
-    m = np.where(finite, np.abs(np.where(np.isfinite(x), x, 0)).max(axis=2), F32(0))
-    E = np.maximum(np.frexp(m)[1], EMIN)
+    x = np.where(finite[..., None], x, F32(0))              # a non-finite superblock: X = 0, σ = NaN
+    E = np.maximum(np.frexp(np.abs(x).max(axis=2))[1], EMIN)
     Xi = np.rint(x.astype(np.float64) * np.ldexp(1.0, XBITS - E)[..., None]).astype(np.int64)
-    Xi[~finite] = 0
     sig = np.ldexp(F32(1), E - XBITS).astype(F32)
     sig[~finite] = np.nan
     sums = Xi.reshape(P, n // SB, SB // gs, gs).sum(axis=3)

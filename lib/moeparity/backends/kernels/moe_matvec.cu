@@ -22,6 +22,7 @@
 // GATE_UP: W2 is the up tensor; a warp does the gate rows and the up rows of its tile off one
 // read of x and writes gate, up and act(gate, up) (act: 0 silu, 1 gelu_tanh, 2 swiglu_oai).
 #include "decode.cuh"
+#include "common.cuh"
 
 #define WARPS 8
 #define MAXT 8
@@ -44,26 +45,6 @@
 constexpr int kUnrollU = UNROLL_U;   // units in flight per lane (a tuning knob)
 #define SHAPE_1GU 2, 2, 2, 1  // single-member gate+up
 #define SHAPE_T 1, 1, 4, 1    // up to MAXT members
-
-__device__ __forceinline__ float act_fn(int act, float g, float u, float alpha, float limit) {
-    if (act == 0) { const float s = 1.0f / (1.0f + expf(-g)); return g * s * u; }
-    if (act == 1) {
-        const float c = 0.7978845608028654f;
-        return 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * (g * g * g)))) * u;
-    }
-    const float gc = fminf(g, limit), uc = fminf(fmaxf(u, -limit), limit);
-    const float s = 1.0f / (1.0f + expf(-(alpha * gc)));
-    return gc * s * (uc + 1.0f);
-}
-
-// cp.async (sm_80+): global → shared without registers, so later items' bytes are in flight
-// while this one is computed.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(d), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
 
 // Copy the 16-byte-aligned span covering [src, src + nbytes) to dst (one commit group); the
 // bytes of src start at dst + (src & 15). The span may end up to 15 bytes past the data: device

@@ -7,15 +7,17 @@
 // for 32-block b and digit L, 32 bytes, the 8 of lane-quad position tq being digits of elements
 // 4tq..4tq+3 and 16+4tq..16+4tq+3 (b0, b1 of mma.m16n8k32; b0 also serves as the k16 operand).
 //
-// moe_mma: a block of P warps takes a tile of 16 rows (the MMA's M) of one group (expert and its
-// members); warp w takes superblocks [w·S/P, (w+1)·S/P) of the tile's rows. Lane (g, tq) =
-// (lane/4, lane%4) loads its four weight bytes of rows g and g+8 directly from global memory
-// (the A fragment: elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of each 32 weights) and double-
-// buffers them a superblock ahead. One MMA serves two members: column n = (member 2m + n/4,
-// digit n%4), so lane (g, tq) holds digits 2(tq%2), 2(tq%2)+1 of member 2m + tq/2 for rows g and
-// g+8; per group the digit dots are scaled by the group's integer scale into int32 sums, and per
-// superblock a lane pair joins its four digit sums into the exact int64 I.
+// moe_mma: work items are 16-row tiles (the MMA's M) of one group (an expert and ≤ 8 members);
+// each warp streams a run of items superblock by superblock through its own cp.async ring in
+// shared memory. Lane (g, tq) = (lane/4, lane%4) reads its A fragment of rows g and g+8 from the
+// ring: elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of each 32 weights. One MMA serves two members:
+// column n = (member 2m + n/4, digit n%4), so lane (g, tq) holds digits 2(tq%2), 2(tq%2)+1 of
+// member 2m + tq/2 for rows g and g+8; per group the digit dots are scaled by the group's integer
+// scale into int32 sums, and per superblock a lane pair joins its four digit sums into the exact
+// int64 I. A warp holds a row's whole sum, so no reduction order but intdot's exists.
 #pragma once
+#include "decode.cuh"
+#include "common.cuh"
 
 #define MMA_XBITS 30               // intdot.XBITS
 #define MMA_EMIN (-96)             // intdot.EMIN
@@ -68,20 +70,29 @@ __device__ __forceinline__ void mma16(int* d, unsigned a0, unsigned a1, unsigned
 __device__ __forceinline__ int sbyte(unsigned w, int k) { return (int)(w << (24 - 8 * k)) >> 24; }   // signed byte k
 __device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) & 255; }
 
-// Per-format superblock slices of one row for lane position tq, and their decoding.
+// Per-format superblock slices of one row (in the shared ring) for lane position tq.
+#ifndef MMA_NB_Q4_K
+#define MMA_NB_Q4_K 3
+#endif
+#ifndef MMA_NB_Q6_K
+#define MMA_NB_Q6_K 2
+#endif
+// NBYTES, GS (weights per scale group), CH (16-byte copies per row slice, alignment slack included),
+// STRIDE (bytes per row slice in the ring: STRIDE/4 ≡ 4 mod 8, so the 8 rows a warp instruction
+// reads start in 8 distinct groups of 4 banks), NB (ring depth).
 struct MQ4_K {
-    static constexpr int NBYTES = 144, GS = 32;
+    static constexpr int NBYTES = 144, GS = 32, CH = 9, STRIDE = 144, NB = MMA_NB_Q4_K;
     struct Raw { uint4 h; unsigned w[4][2]; };                 // header; chunk c's words at 4tq, 16+4tq
     __device__ static void load(const u8* blk, int tq, Raw& r) {
-        r.h = __ldg((const uint4*)blk);
+        r.h = *(const uint4*)blk;
 #pragma unroll
         for (int c = 0; c < 4; c++)
 #pragma unroll
-            for (int k = 0; k < 2; k++) r.w[c][k] = __ldg((const unsigned*)(blk + 16 + 32 * c + 16 * k + 4 * tq));
+            for (int k = 0; k < 2; k++) r.w[c][k] = *(const unsigned*)(blk + 16 + 32 * c + 16 * k + 4 * tq);
     }
 };
 struct MQ6_K {
-    static constexpr int NBYTES = 210, GS = 16;
+    static constexpr int NBYTES = 210, GS = 16, CH = 14, STRIDE = 240, NB = MMA_NB_Q6_K;
     struct Raw { unsigned ql[2][4], qh[2][2], sc[4]; unsigned short d; };
     __device__ static void load(const u8* blk, int tq, Raw& r) {           // blocks are 2-byte aligned
 #pragma unroll
@@ -209,7 +220,7 @@ __device__ __forceinline__ void superblock(const MQ6_K::Raw* a, const uint2* __r
 // One work item: a tile of 16 rows of one group (≤ 2·NM members), as lane (g, tq) sees it.
 template <int NM>
 struct Item {
-    const u8* row[2];              // rows g and g+8 (rows past R read row 0)
+    unsigned lo[2];                // rows g, g+8: low address bits (where a slice starts in its aligned copy)
     int r0, tb[NM], td[NM], od[NM], nt;
 };
 template <int NM>
@@ -220,8 +231,8 @@ __device__ __forceinline__ Item<NM> item(int i, int tpg, const u8* W, long long 
     const int grp = i / tpg, m0 = gstart[grp];
     const u8* base = W + (long long)gexp[grp] * es;
     it.r0 = (i % tpg) * 16 + g;
-    it.row[0] = base + (long long)(it.r0 < R ? it.r0 : 0) * row_bytes;
-    it.row[1] = base + (long long)(it.r0 + 8 < R ? it.r0 + 8 : 0) * row_bytes;
+    it.lo[0] = (unsigned)(size_t)(base + (long long)(it.r0 < R ? it.r0 : 0) * row_bytes);
+    it.lo[1] = (unsigned)(size_t)(base + (long long)(it.r0 + 8 < R ? it.r0 + 8 : 0) * row_bytes);
     it.nt = gstart[grp + 1] - m0;
 #pragma unroll
     for (int m = 0; m < NM; m++) {                       // B column's member, D's member (clamped)
@@ -233,38 +244,50 @@ __device__ __forceinline__ Item<NM> item(int i, int tpg, const u8* W, long long 
     return it;
 }
 
-// Warp wg streams items [wg·per_warp, …) superblock by superblock, loading the next superblock
-// (of this item or the next) while computing the current one. Warps share nothing.
+// Warp wg streams items [wg·per_warp, …) superblock by superblock through an NB-deep ring of
+// shared buffers (16 row slices each, cp.async), so NB-1 superblocks are in flight while one is
+// computed. Warps share nothing.
 template <class F, int NM>
 __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int row_bytes,
                          int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
                          const int* __restrict__ mx, const int* __restrict__ mo, const uint2* __restrict__ xb,
                          const float* __restrict__ sig, const float* __restrict__ mxs, float* __restrict__ out,
                          float* __restrict__ out2, int n_items, int per_warp) {
+    extern __shared__ __align__(16) unsigned char ring[];
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
     if (i0 >= i1) return;
     const int S = n_in / 256, tpg = (R + 15) / 16, nblk = n_in / 32, G = 256 / F::GS, nq = (i1 - i0) * S;
     const u8* Wz = blockIdx.y ? W2 : W;                  // y = 1: the up tensor of gate+up
     float* o = blockIdx.y ? out2 : out;
-    Item<NM> it = item<NM>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq), nit = it;
-    typename F::Raw cur[2], nxt[2];
-    F::load(it.row[0], tq, cur[0]);
-    F::load(it.row[1], tq, cur[1]);
+    u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * 16 * F::STRIDE;
+    auto fetch = [&](int q) {                           // superblock q of the run into slot q % NB
+        if (q < nq) {
+            const int i = i0 + q / S, grp = i / tpg, tile = i % tpg;
+            const u8* base = Wz + (long long)gexp[grp] * es + (long long)(q % S) * F::NBYTES;
+            u8* dst = my + (q % F::NB) * 16 * F::STRIDE;
+            for (int c = lane; c < 16 * F::CH; c += 32) {
+                const int rr = c / F::CH, r = tile * 16 + rr;
+                const u8* src = (const u8*)((size_t)(base + (long long)(r < R ? r : 0) * row_bytes) & ~(size_t)15);
+                cp_async16(dst + rr * F::STRIDE + 16 * (c % F::CH), src + 16 * (c % F::CH));
+            }
+        }
+        cp_async_commit();                               // (an empty group keeps the wait count uniform)
+    };
+#pragma unroll
+    for (int j = 0; j < F::NB - 1; j++) fetch(j);
+    Item<NM> it = item<NM>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
     float acc[NM][2];
 #pragma unroll
     for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
     for (int q = 0, s = 0; q < nq; q++) {
-        if (q + 1 < nq) {
-            if (s + 1 < S) {
-                F::load(it.row[0] + (s + 1) * F::NBYTES, tq, nxt[0]);
-                F::load(it.row[1] + (s + 1) * F::NBYTES, tq, nxt[1]);
-            } else {
-                nit = item<NM>(i0 + (q + 1) / S, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
-                F::load(nit.row[0], tq, nxt[0]);
-                F::load(nit.row[1], tq, nxt[1]);
-            }
-        }
+        fetch(q + F::NB - 1);                            // into the slot superblock q-1 used
+        cp_async_wait<F::NB - 1>();                      // superblock q has landed
+        __syncwarp();
+        const u8* slot = my + (q % F::NB) * 16 * F::STRIDE;
+        typename F::Raw cur[2];
+        F::load(slot + g * F::STRIDE + ((it.lo[0] + s * F::NBYTES) & 15), tq, cur[0]);
+        F::load(slot + (g + 8) * F::STRIDE + ((it.lo[1] + s * F::NBYTES) & 15), tq, cur[1]);
         int xoff[NM], moff[NM];
         float sg[NM];
 #pragma unroll
@@ -274,8 +297,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
             sg[m] = __ldg(sig + it.td[m] * S + s);
         }
         superblock<NM>(cur, xb, xoff, sg, mxs, moff, acc);
-        cur[0] = nxt[0];
-        cur[1] = nxt[1];
+        __syncwarp();                                    // the slot is refilled next
         if (++s == S) {                                  // item done: lanes with even tq hold its sums
             if ((tq & 1) == 0)
 #pragma unroll
@@ -285,19 +307,19 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                         if (it.r0 < R) o[ob + it.r0] = acc[m][0];
                         if (it.r0 + 8 < R) o[ob + it.r0 + 8] = acc[m][1];
                     }
-                    acc[m][0] = acc[m][1] = 0.f;
                 }
-            else
 #pragma unroll
-                for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
-            it = nit;
+            for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
+            if (q + 1 < nq) it = item<NM>(i0 + (q + 1) / S, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
             s = 0;
         }
     }
+    cp_async_wait<0>();
 }
 
 // moe_mma1_<Q>: groups of up to 2 members (one MMA per weight group); moe_mma_<Q>: up to 8.
-// grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128; item = (group, 16-row tile).
+// grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
+// 4·NB·16·STRIDE (gpu_layout.mma_smem); item = (group, 16-row tile).
 #define MMA_ENTRY(NAME, F, NM)                                                                                   \
 extern "C" __global__ void __launch_bounds__(128) NAME(                                                        \
         const u8* W, const u8* W2, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,    \
