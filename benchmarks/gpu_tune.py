@@ -22,7 +22,6 @@ from moeparity.qtypes import QTYPES
 
 emu = backends.get("emulated-cuda")
 serves = intdot.serves
-RING = dict(L.MMA_RING)
 bw = None
 for spec in sys.argv[1:] or ["4,2,2,2,3/4,8,2,2,3"]:
     parts = [p for p in spec.split("/") if p not in ("float", "mma")]
@@ -33,13 +32,10 @@ for spec in sys.argv[1:] or ["4,2,2,2,3/4,8,2,2,3"]:
                               f"-DSHAPE_1N={e},{f},{g},{h}", f"-DMINB_1N={mb}") + tuple(f"-D{x}" for x in parts[2:]))
     bw = bw or copy_bandwidth(be.cp)
     L.SHAPES["1"], L.SHAPES["1n"] = (a, b, c, d), (e, f, g, h)
-    ring = dict(RING)
-    for p in parts[2:]:                                    # ring geometry of the tensor-core kernels
-        for k, key in ((0, "MMA_NB_"), (1, "MMA_SPS_")):
-            if p.startswith(key):
-                q, v = p[len(key):].split("=")
-                ring[q] = tuple(int(v) if i == k else ring[q][i] for i in range(2))
-    L.MMA_RING.update(ring)
+    for p in parts[2:]:                                    # ring depths of the tensor-core kernels
+        if p.startswith("MMA_NB_"):
+            q, nb = p[len("MMA_NB_"):].split("=")
+            L.MMA_RING[q] = (int(nb), L.MMA_RING[q][1])
     line = [spec]
     for q in ("Q4_K", "Q6_K"):
         qt = QTYPES[q]

@@ -142,15 +142,14 @@ class Launch:
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
             gx, gs0 = L.member_chunks(experts if in_place else np.arange(len(experts)), start, L.MMA_MEMBERS)
             fn = be.module.get_function(f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= 2 else ''}_{qt.name}")
-            smem = L.mma_smem(qt.name, qt.nbytes)
+            smem = L.mma_smem(qt.name)
             fn.max_dynamic_shared_size_bytes = smem
             n_items = (len(gs0) - 1) * -(-R // 16)
             per_warp = -(-n_items // (be.sm_count * 4 * be.occupancy(fn, 128, smem)))
             self.steps.append((fn, (-(-n_items // (4 * per_warp)), nw), (128,), smem,
                                (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *groups[1:], dig, sig, mxs,
-                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp),
-                                np.int32(L.mma_sps(qt.name, n_in)))))
+                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp))))
             if nw == 2:
                 N = T * k * R
                 self.steps.append((be.module.get_function("act_rows"), (-(-N // 256),), (256,), 0,

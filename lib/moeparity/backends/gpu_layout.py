@@ -27,28 +27,14 @@ USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kern
 
 
 # Tensor-core kernels (kernels/moe_mma.cuh): members per group at most (4 MMAs of 2); per format the
-# shared ring of each of a block's 4 warps: stages, superblocks a stage holds at most (MMA_NB_*,
-# MMA_SPS_* there), and the copy slack of a row slice (its superblocks are 16- or 2-byte aligned).
+# shared ring of each of a block's 4 warps: depth and bytes per row slice (MMA_NB_*, STRIDE there).
 MMA_MEMBERS = 8
-MMA_RING = {"Q4_K": (3, 1), "Q6_K": (2, 1)}
-MMA_SLACK = {"Q4_K": 0, "Q6_K": 14}
+MMA_RING = {"Q4_K": (3, 144), "Q6_K": (2, 240)}
 
 
-def mma_stride(name: str, nbytes: int) -> int:
-    """Bytes per row slice in the ring (ring_stride in moe_mma.cuh): ≡ 16 mod 32."""
-    need = MMA_RING[name][1] * nbytes + MMA_SLACK[name]
-    n16 = (need + 15) // 16
-    return 16 * n16 + (0 if n16 % 2 else 16)
-
-
-def mma_smem(name: str, nbytes: int) -> int:
-    return 4 * MMA_RING[name][0] * 16 * mma_stride(name, nbytes)
-
-
-def mma_sps(name: str, n_in: int) -> int:
-    """Superblocks per stage: the largest divisor of the row's that the ring holds."""
-    S = n_in // 256
-    return max(d for d in range(1, min(S, MMA_RING[name][1]) + 1) if S % d == 0)
+def mma_smem(name: str) -> int:
+    nb, stride = MMA_RING[name]
+    return 4 * nb * 16 * stride
 
 
 def member_chunks(gexp: np.ndarray, start: np.ndarray, most: int):

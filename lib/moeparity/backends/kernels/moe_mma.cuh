@@ -71,27 +71,17 @@ __device__ __forceinline__ int sbyte(unsigned w, int k) { return (int)(w << (24 
 __device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) & 255; }
 
 // Per-format superblock slices of one row (in the shared ring) for lane position tq.
-// Ring geometry per format (gpu_layout.MMA_RING): NB stages per warp, each 16 row slices of up to
-// SPS superblocks (contiguous bytes of a row: DRAM sees runs, not 16 scattered pieces).
 #ifndef MMA_NB_Q4_K
 #define MMA_NB_Q4_K 3
-#endif
-#ifndef MMA_SPS_Q4_K
-#define MMA_SPS_Q4_K 1
 #endif
 #ifndef MMA_NB_Q6_K
 #define MMA_NB_Q6_K 2
 #endif
-#ifndef MMA_SPS_Q6_K
-#define MMA_SPS_Q6_K 1
-#endif
-// Bytes per row slice: room for the bytes and the slack of a 16-byte-aligned copy, ≡ 16 mod 32 so
-// that the 8 rows one warp instruction reads start in 8 distinct groups of 4 banks.
-constexpr int ring_stride(int need) { return (need + 15) / 16 * 16 + ((need + 15) / 16 % 2 ? 0 : 16); }
-// NBYTES, GS (weights per scale group), ALIGN (of a superblock's start), NB, SPS, STRIDE.
+// NBYTES, GS (weights per scale group), CH (16-byte copies per row slice, alignment slack included),
+// STRIDE (bytes per row slice in the ring: STRIDE/4 ≡ 4 mod 8, so the 8 rows a warp instruction
+// reads start in 8 distinct groups of 4 banks), NB (ring depth).
 struct MQ4_K {
-    static constexpr int NBYTES = 144, GS = 32, ALIGN = 16, NB = MMA_NB_Q4_K, SPS = MMA_SPS_Q4_K;
-    static constexpr int STRIDE = ring_stride(SPS * NBYTES);
+    static constexpr int NBYTES = 144, GS = 32, CH = 9, STRIDE = 144, NB = MMA_NB_Q4_K;
     struct Raw { uint4 h; unsigned w[4][2]; };                 // header; chunk c's words at 4tq, 16+4tq
     __device__ static void load(const u8* blk, int tq, Raw& r) {
         r.h = *(const uint4*)blk;
@@ -102,8 +92,7 @@ struct MQ4_K {
     }
 };
 struct MQ6_K {
-    static constexpr int NBYTES = 210, GS = 16, ALIGN = 2, NB = MMA_NB_Q6_K, SPS = MMA_SPS_Q6_K;
-    static constexpr int STRIDE = ring_stride(SPS * NBYTES + 14);
+    static constexpr int NBYTES = 210, GS = 16, CH = 14, STRIDE = 240, NB = MMA_NB_Q6_K;
     struct Raw { unsigned ql[2][4], qh[2][2], sc[4]; unsigned short d; };
     __device__ static void load(const u8* blk, int tq, Raw& r) {           // blocks are 2-byte aligned
 #pragma unroll
@@ -231,21 +220,19 @@ __device__ __forceinline__ void superblock(const MQ6_K::Raw* a, const uint2* __r
 // One work item: a tile of 16 rows of one group (≤ 2·NM members), as lane (g, tq) sees it.
 template <int NM>
 struct Item {
-    const u8* cp;                  // the row this lane copies (lane/2 of the tile; past R: row R-1)
     unsigned lo[2];                // rows g, g+8: low address bits (where a slice starts in its aligned copy)
     int r0, tb[NM], td[NM], od[NM], nt;
 };
 template <int NM>
 __device__ __forceinline__ Item<NM> item(int i, int tpg, const u8* W, long long es, int R, int row_bytes,
                                          const int* __restrict__ gexp, const int* __restrict__ gstart,
-                                         const int* __restrict__ mx, const int* __restrict__ mo, int lane) {
+                                         const int* __restrict__ mx, const int* __restrict__ mo, int g, int tq) {
     Item<NM> it;
-    const int g = lane >> 2, tq = lane & 3, grp = i / tpg, m0 = gstart[grp], t0 = (i % tpg) * 16;
+    const int grp = i / tpg, m0 = gstart[grp];
     const u8* base = W + (long long)gexp[grp] * es;
-    it.r0 = t0 + g;
-    it.cp = base + (long long)min(t0 + lane / 2, R - 1) * row_bytes;
-    it.lo[0] = (unsigned)(size_t)(base + (long long)min(it.r0, R - 1) * row_bytes);
-    it.lo[1] = (unsigned)(size_t)(base + (long long)min(it.r0 + 8, R - 1) * row_bytes);
+    it.r0 = (i % tpg) * 16 + g;
+    it.lo[0] = (unsigned)(size_t)(base + (long long)(it.r0 < R ? it.r0 : 0) * row_bytes);
+    it.lo[1] = (unsigned)(size_t)(base + (long long)(it.r0 + 8 < R ? it.r0 + 8 : 0) * row_bytes);
     it.nt = gstart[grp + 1] - m0;
 #pragma unroll
     for (int m = 0; m < NM; m++) {                       // B column's member, D's member (clamped)
@@ -257,65 +244,61 @@ __device__ __forceinline__ Item<NM> item(int i, int tpg, const u8* W, long long 
     return it;
 }
 
-// Warp wg streams items [wg·per_warp, …) in stages of sps superblocks (16 row slices each, copied
-// by cp.async into the warp's NB-deep ring: two lanes a row), so NB-1 stages are in flight while
-// one is computed. Warps share nothing.
+// Warp wg streams items [wg·per_warp, …) superblock by superblock through an NB-deep ring of
+// shared buffers (16 row slices each, cp.async), so NB-1 superblocks are in flight while one is
+// computed. Warps share nothing.
 template <class F, int NM>
 __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int row_bytes,
                          int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
                          const int* __restrict__ mx, const int* __restrict__ mo, const uint2* __restrict__ xb,
                          const float* __restrict__ sig, const float* __restrict__ mxs, float* __restrict__ out,
-                         float* __restrict__ out2, int n_items, int per_warp, int sps) {
+                         float* __restrict__ out2, int n_items, int per_warp) {
     extern __shared__ __align__(16) unsigned char ring[];
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
     if (i0 >= i1) return;
-    const int S = n_in / 256, spi = S / sps, tpg = (R + 15) / 16, nblk = n_in / 32, G = 256 / F::GS;
-    const int nst = (i1 - i0) * spi, span = sps * F::NBYTES;
+    const int S = n_in / 256, tpg = (R + 15) / 16, nblk = n_in / 32, G = 256 / F::GS, nq = (i1 - i0) * S;
     const u8* Wz = blockIdx.y ? W2 : W;                  // y = 1: the up tensor of gate+up
     float* o = blockIdx.y ? out2 : out;
     u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * 16 * F::STRIDE;
-    Item<NM> it = item<NM>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, lane), fit = it;
-    int fi = i0;                                         // the item being fetched (fit)
-    auto fetch = [&](int q) {                            // stage q of the run into slot q % NB
-        if (q < nst) {
-            if (i0 + q / spi != fi) { fi = i0 + q / spi; fit = item<NM>(fi, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, lane); }
-            const u8* src = fit.cp + (q % spi) * span;
-            const u8* a = (const u8*)((size_t)src & ~(size_t)15);
-            const int n16 = (int)((src + span - a + 15) >> 4);
-            u8* dst = my + (q % F::NB) * 16 * F::STRIDE + (lane / 2) * F::STRIDE;
-            for (int k = lane & 1; k < n16; k += 2) cp_async16(dst + 16 * k, a + 16 * k);
+    auto fetch = [&](int q) {                           // superblock q of the run into slot q % NB
+        if (q < nq) {
+            const int i = i0 + q / S, grp = i / tpg, tile = i % tpg;
+            const u8* base = Wz + (long long)gexp[grp] * es + (long long)(q % S) * F::NBYTES;
+            u8* dst = my + (q % F::NB) * 16 * F::STRIDE;
+            for (int c = lane; c < 16 * F::CH; c += 32) {
+                const int rr = c / F::CH, r = tile * 16 + rr;
+                const u8* src = (const u8*)((size_t)(base + (long long)(r < R ? r : 0) * row_bytes) & ~(size_t)15);
+                cp_async16(dst + rr * F::STRIDE + 16 * (c % F::CH), src + 16 * (c % F::CH));
+            }
         }
         cp_async_commit();                               // (an empty group keeps the wait count uniform)
     };
 #pragma unroll
     for (int j = 0; j < F::NB - 1; j++) fetch(j);
+    Item<NM> it = item<NM>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
     float acc[NM][2];
 #pragma unroll
     for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
-    for (int q = 0, c = 0; q < nst; q++) {
-        fetch(q + F::NB - 1);                            // into the slot stage q-1 used
-        cp_async_wait<F::NB - 1>();                      // stage q has landed
+    for (int q = 0, s = 0; q < nq; q++) {
+        fetch(q + F::NB - 1);                            // into the slot superblock q-1 used
+        cp_async_wait<F::NB - 1>();                      // superblock q has landed
         __syncwarp();
         const u8* slot = my + (q % F::NB) * 16 * F::STRIDE;
-        const unsigned o0 = (it.lo[0] + c * span) & 15, o1 = (it.lo[1] + c * span) & 15;
-        for (int j = 0; j < sps; j++) {
-            const int s = c * sps + j;
-            typename F::Raw cur[2];
-            F::load(slot + g * F::STRIDE + o0 + j * F::NBYTES, tq, cur[0]);
-            F::load(slot + (g + 8) * F::STRIDE + o1 + j * F::NBYTES, tq, cur[1]);
-            int xoff[NM], moff[NM];
-            float sg[NM];
+        typename F::Raw cur[2];
+        F::load(slot + g * F::STRIDE + ((it.lo[0] + s * F::NBYTES) & 15), tq, cur[0]);
+        F::load(slot + (g + 8) * F::STRIDE + ((it.lo[1] + s * F::NBYTES) & 15), tq, cur[1]);
+        int xoff[NM], moff[NM];
+        float sg[NM];
 #pragma unroll
-            for (int m = 0; m < NM; m++) {
-                xoff[m] = (it.tb[m] * nblk + s * 8) * 16 + (g & 3) * 4 + tq;
-                moff[m] = (it.td[m] * S + s) * G;
-                sg[m] = __ldg(sig + it.td[m] * S + s);
-            }
-            superblock<NM>(cur, xb, xoff, sg, mxs, moff, acc);
+        for (int m = 0; m < NM; m++) {
+            xoff[m] = (it.tb[m] * nblk + s * 8) * 16 + (g & 3) * 4 + tq;
+            moff[m] = (it.td[m] * S + s) * G;
+            sg[m] = __ldg(sig + it.td[m] * S + s);
         }
+        superblock<NM>(cur, xb, xoff, sg, mxs, moff, acc);
         __syncwarp();                                    // the slot is refilled next
-        if (++c == spi) {                                // item done: lanes with even tq hold its sums
+        if (++s == S) {                                  // item done: lanes with even tq hold its sums
             if ((tq & 1) == 0)
 #pragma unroll
                 for (int m = 0; m < NM; m++) {
@@ -327,8 +310,8 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 }
 #pragma unroll
             for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
-            if (q + 1 < nst) it = item<NM>(i0 + (q + 1) / spi, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, lane);
-            c = 0;
+            if (q + 1 < nq) it = item<NM>(i0 + (q + 1) / S, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
+            s = 0;
         }
     }
     cp_async_wait<0>();
@@ -336,14 +319,13 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 
 // moe_mma1_<Q>: groups of up to 2 members (one MMA per weight group); moe_mma_<Q>: up to 8.
 // grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
-// 4·NB·16·STRIDE (gpu_layout.mma_smem); item = (group, 16-row tile); sps: superblocks a stage holds
-// (gpu_layout.mma_sps: a divisor of the row's, at most SPS).
+// 4·NB·16·STRIDE (gpu_layout.mma_smem); item = (group, 16-row tile).
 #define MMA_ENTRY(NAME, F, NM)                                                                                   \
 extern "C" __global__ void __launch_bounds__(128) NAME(                                                        \
         const u8* W, const u8* W2, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,    \
         const int* mx, const int* mo, const uint2* xb, const float* sig, const float* mxs, float* out,           \
-        float* out2, int n_items, int per_warp, int sps) {                                                       \
-    mma_rows<F, NM>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp, sps); \
+        float* out2, int n_items, int per_warp) {                                                                \
+    mma_rows<F, NM>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);  \
 }
 MMA_ENTRY(moe_mma1_Q4_K, MQ4_K, 1)
 MMA_ENTRY(moe_mma_Q4_K, MQ4_K, 4)
