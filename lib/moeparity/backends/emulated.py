@@ -1,5 +1,8 @@
 """emulated-cuda: the CUDA kernels' algorithm on the CPU, for machines without a GPU.
 
+Launches the tensor-core kernels serve (Q4_K/Q6_K, f32 mode, an expert with two or more members:
+intdot.serves) are emulated by intdot.py; everything else by the float kernels' algorithm below.
+
 Same factorised weights (quant/dequant.py's parts8: q, dl, ml per 8 weights, in the kernels'
 encoding: kernel_parts), same x staging (group sums Σx in the same order, q8_1 block sums), same
 per-lane arithmetic (in each chunk the tile's units are dealt round-robin to the lanes; per
