@@ -118,7 +118,8 @@ class Launch:
 
     Ws: device weights of the experts used, (n_experts_used, R, row_bytes) each, in the order of
     gpu_layout.layout(ids)'s experts, or (in_place) whole tensors read at the experts' own ids;
-    one tensor → moe_matvec*, two (gate, up) → moe_gate_up*.
+    one tensor → moe_matvec*, two (gate, up) → moe_gate_up*; or, where intdot.serves (Q4_K/Q6_K,
+    f32, an expert with ≥ 2 members), x_fixed + moe_mma*(+ act_rows for gate, up): `steps`.
     The benchmark times these calls; the backend makes one per matvec.
     """
 
