@@ -124,28 +124,29 @@ class EmulatedCudaBackend(Backend):
         ids, xb = check_shapes(tensor, ids, x)
         T, k = ids.shape
         X = np.ascontiguousarray(xb.reshape(T * k, -1), F32)
-        out = np.empty((T * k, tensor.n_out), F32)
-        flat = ids.reshape(-1)
         tcap = L.tcap_of(L.layout(ids, True)[1])
         if intdot.serves(qt.name, act, tcap):               # the tensor-core kernels (intdot.py)
-            for e in np.unique(flat):
-                sel = np.nonzero(flat == e)[0]
-                raw = np.asarray(tensor.expert(int(e))).reshape(tensor.n_out, -1)
-                out[sel] = intdot.matvec(raw, qt.name, X[sel])
-            return out.reshape(T, k, tensor.n_out)
-        Xq, S, mode = L.activations(X, qt, act)
-        sig = group_sums(Xq)
-        cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)
-        lpr = L.lanes_per_row(L.variant(tcap, tensor.n_in, nw))
-        uses_min = qt.name in L.USES_MIN
-        block_sum = mode == 1 and qt.name in L.MIN_FORMATS
+            def rows(e, sel):
+                return intdot.matvec(np.asarray(tensor.expert(int(e))).reshape(tensor.n_out, -1), qt.name, X[sel])
+        else:
+            Xq, S, mode = L.activations(X, qt, act)
+            sig = group_sums(Xq)
+            cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)
+            lpr = L.lanes_per_row(L.variant(tcap, tensor.n_in, nw))
+            uses_min = qt.name in L.USES_MIN
+            block_sum = mode == 1 and qt.name in L.MIN_FORMATS
+
+            def rows(e, sel):
+                Q, DL, ML, off = self._rows(tensor, qt, e)
+                res = np.empty((len(sel), tensor.n_out), F32)
+                kernel_rows(Q, DL, ML, np.ascontiguousarray(Xq[sel]), np.ascontiguousarray(sig[sel]),
+                            np.ascontiguousarray(S[sel], F32), cw, lpr, off, uses_min, block_sum, res)
+                return res
+        out = np.empty((T * k, tensor.n_out), F32)
+        flat = ids.reshape(-1)
         for e in np.unique(flat):
-            Q, DL, ML, off = self._rows(tensor, qt, e)
             sel = np.nonzero(flat == e)[0]
-            res = np.empty((len(sel), tensor.n_out), F32)
-            kernel_rows(Q, DL, ML, np.ascontiguousarray(Xq[sel]), np.ascontiguousarray(sig[sel]),
-                        np.ascontiguousarray(S[sel], F32), cw, lpr, off, uses_min, block_sum, res)
-            out[sel] = res
+            out[sel] = rows(e, sel)
         return out.reshape(T, k, tensor.n_out)
 
     def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):

@@ -14,7 +14,7 @@ products and sums exactly, so the only roundings left are few and easy to state:
        acc = fma(d, f32(I)·σ, acc);  acc = fma(−dm, mm, acc)
    Q4_K: groups of 32, sc = 6-bit scale, q = nibble, cm = 6-bit min, dm = dmin.
    Q6_K: groups of 16, sc = int8 scale, q = the unsigned 6-bit value, cm = sc, dm = 32·d.
-   over the row's superblocks in order, from acc = 0 (one warp holds a row's whole sum).
+3. acc starts at 0 and takes the row's superblocks in order (one warp holds a row's whole sum).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ..quant import dequant as dq
 from .emulated import fmaf
 
 F32 = np.float32
-SB = 256            # superblock: the unit of the activation scale and of the row split
+SB = 256            # superblock: the unit of the activation scale and of one acc step
 XBITS = 30          # |X| ≤ 2^XBITS
 EMIN = -96          # smallest exponent E: σ stays a normal float
 GROUP = {"Q4_K": 32, "Q6_K": 16}   # weights per scale group
