@@ -1,13 +1,16 @@
-"""One Q4_K full-layer gate launch (128 experts × 768 × 2048, 1 token, f32), for ncu."""
+"""One Q4_K full-layer gate launch (128 experts × 768 × 2048, TOKENS env tokens (default 1), f32), for ncu."""
+import os
+
 import numpy as np
 
 from moeparity.backends.cuda import CudaBackend
 from moeparity.bench_gpu import _Case, timed
 from moeparity.qtypes import QTYPES
 
+ntok = int(os.environ.get("TOKENS", "1"))
 be = CudaBackend(defines=("-DONLY",))
-c = _Case(be, QTYPES["Q4_K"], 128, 768, 2048, seed=1)
-c.plan(np.tile(np.arange(128), (1, 1)), np.random.default_rng(0).standard_normal((1, 2048)).astype(np.float32))
+c = _Case(be, QTYPES[os.environ.get("QTYPE", "Q4_K")], 128, 768, 2048, seed=1)
+c.plan(np.tile(np.arange(128), (ntok, 1)), np.random.default_rng(0).standard_normal((ntok, 2048)).astype(np.float32))
 c.ours()
 be.cp.cuda.Device().synchronize()
-print("Q4_K µs", timed(be.cp, c.ours) * 1e6)
+print("µs", timed(be.cp, c.ours) * 1e6)

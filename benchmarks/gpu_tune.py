@@ -4,7 +4,7 @@ against emulated-cuda on 8 of the experts. Prints µs, % copy and the check.
 Usage: python benchmarks/gpu_tune.py 4,2,2,2,3/4,8,2,2,3[/NAME=VALUE…][/float] …
   (RPW,RT,NB,RPL,MINB of moe_matvec1 / of moe_matvec1n, then extra defines such as UNROLL_U=2;
   `float`: the float kernels even where the tensor-core ones serve; `mma`: the tensor-core ones
-  even for one token)
+  even for one token; MMA_MT=n: 16-row tiles per tensor-core work item, MMA_NB_<Q>=n: their ring depth)
 Env TOKENS="1 8": token counts of the full-layer sweep.
 """
 import os
@@ -28,6 +28,8 @@ for spec in sys.argv[1:] or ["4,2,2,2,3/4,8,2,2,3"]:
     intdot.serves = ((lambda *a: False) if "float" in spec.split("/") else
                      (lambda n, a, t: a == "f32" and n in intdot.GROUP) if "mma" in spec.split("/") else serves)
     (a, b, c, d, ma), (e, f, g, h, mb) = ([int(v) for v in half.split(",")] for half in parts[:2])
+    L.MMA_MT = int(next((p.split("=")[1] for p in parts if p.startswith("MMA_MT=")), 1))
+    parts = [p for p in parts if not p.startswith("MMA_MT=")]
     be = CudaBackend(defines=("-DONLY", f"-DSHAPE_1={a},{b},{c},{d}", f"-DMINB_1={ma}",
                               f"-DSHAPE_1N={e},{f},{g},{h}", f"-DMINB_1N={mb}") + tuple(f"-D{x}" for x in parts[2:]))
     bw = bw or copy_bandwidth(be.cp)

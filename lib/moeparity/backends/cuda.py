@@ -51,7 +51,8 @@ class CudaBackend(Backend):
         self.cp = cp
         self.label = f"cuda ({props['name'].decode() if isinstance(props['name'], bytes) else props['name']})"
         src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
-        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",) + tuple(defines))
+        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}", f"-DMMA_MT={L.MMA_MT}")
+                                   + tuple(defines))
         self.sm_count = int(props["multiProcessorCount"])
         self.regs_per_sm, self.smem_per_sm = int(props["regsPerMultiprocessor"]), int(props["sharedMemPerMultiprocessor"])
         super().__init__()
@@ -142,10 +143,10 @@ class Launch:
             self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
             gx, gs0 = L.member_chunks(experts if in_place else np.arange(len(experts)), start, L.MMA_MEMBERS)
-            fn = be.module.get_function(f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= 2 else ''}_{qt.name}")
+            fn = be.module.get_function(f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= L.MMA_SMALL else ''}_{qt.name}")
             smem = L.mma_smem(qt.name)
             fn.max_dynamic_shared_size_bytes = smem
-            n_items = (len(gs0) - 1) * -(-R // 16)
+            n_items = (len(gs0) - 1) * -(-R // (16 * L.MMA_MT))
             per_warp = -(-n_items // (be.sm_count * 4 * be.occupancy(fn, 128, smem)))
             self.steps.append((fn, (-(-n_items // (4 * per_warp)), nw), (128,), smem,
                                (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),

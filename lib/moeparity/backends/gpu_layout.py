@@ -26,15 +26,18 @@ MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # q8_1 mode: min term
 USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kernels stage Σx per 8 weights
 
 
-# Tensor-core kernels (kernels/moe_mma.cuh): members per group at most (4 MMAs of 2); per format the
+# Tensor-core kernels (kernels/moe_mma.cuh): members per group at most (moe_mma_*: 4 MMAs per weight
+# group, 2 members each; moe_mma1_*: 2 MMAs, for groups of at most MMA_SMALL); per format the
 # shared ring of each of a block's 4 warps: depth and bytes per row slice (MMA_NB_*, STRIDE there).
 MMA_MEMBERS = 8
+MMA_SMALL = 4
+MMA_MT = 2           # 16-row tiles per work item (they share the activation loads); cuda.py passes it
 MMA_RING = {"Q4_K": (3, 144), "Q6_K": (2, 240)}
 
 
 def mma_smem(name: str) -> int:
     nb, stride = MMA_RING[name]
-    return 4 * nb * 16 * stride
+    return 4 * nb * 16 * MMA_MT * stride
 
 
 def member_chunks(gexp: np.ndarray, start: np.ndarray, most: int):

@@ -4,17 +4,19 @@
 //
 // x_fixed turns each activation row into X = rint(x/σ) per 256 values (|X| ≤ 2^30) and splits X
 // into four signed digits, X = D0 + 2^8·D1 + 2^16·D2 + 2^24·D3, stored as the MMA's B fragments:
-// for 32-block b and digit L, 32 bytes, the 8 of lane-quad position tq being digits of elements
-// 4tq..4tq+3 and 16+4tq..16+4tq+3 (b0, b1 of mma.m16n8k32; b0 also serves as the k16 operand).
+// per (row t, superblock s) 1 KB, [L/2][32-block pair][L%2][lane-quad position tq][16 bytes], the 16
+// bytes being, for blocks 2p and 2p+1, digits L of elements 4tq..4tq+3 and 16+4tq..16+4tq+3 (b0, b1
+// of mma.m16n8k32; b0 also serves as the k16 operand). A warp's 16-byte load of one MMA's fragments
+// then reads 128 contiguous bytes per member.
 //
 // moe_mma: work items are 16-row tiles (the MMA's M) of one group (an expert and ≤ 8 members);
 // each warp streams a run of items superblock by superblock through its own cp.async ring in
 // shared memory. Lane (g, tq) = (lane/4, lane%4) reads its A fragment of rows g and g+8 from the
-// ring: elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of each 32 weights. One MMA serves two members:
-// column n = (member 2m + n/4, digit n%4), so lane (g, tq) holds digits 2(tq%2), 2(tq%2)+1 of
-// member 2m + tq/2 for rows g and g+8; per group the digit dots are scaled by the group's integer
-// scale into int32 sums, and per superblock a lane pair joins its four digit sums into the exact
-// int64 I. A warp holds a row's whole sum, so no reduction order but intdot's exists.
+// ring: elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of each 32 weights. Per weight group NK MMAs
+// (2 or 4) cover 2·NK members × 4 digits (see finish); the digit dots are scaled by the group's
+// integer scale into int32 sums, and per superblock each lane joins the four digit sums of each of
+// its (row, member) pairs into the exact int64 I. A warp holds a row's whole sum, so no reduction
+// order but intdot's exists.
 #pragma once
 #include "decode.cuh"
 #include "common.cuh"
@@ -44,12 +46,12 @@ extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restric
     const int xi = bad ? 0 : __float2int_rn(v * pow2f(MMA_XBITS - E));
     const float sg = bad ? __int_as_float(0x7fc00000) : pow2f(E - MMA_XBITS);
     const int l = j % 32, tq = (l % 16) / 4, h = l / 16;
-    u8* o = dig + ((long long)t * (n_in / 32) + s * 8 + j / 32) * 128 + tq * 8 + h * 4 + l % 4;
+    u8* o = dig + ((long long)t * S + s) * 1024 + (j / 64) * 128 + tq * 16 + (j / 32 % 2) * 8 + h * 4 + l % 4;
     int r = xi;
 #pragma unroll
     for (int L = 0; L < 4; L++) {
         const int dd = ((r + 128) & 255) - 128;
-        o[32 * L] = (u8)dd;
+        o[(L >> 1) * 512 + (L & 1) * 64] = (u8)dd;
         r = (r - dd) >> 8;
     }
     long long sum = xi;
@@ -77,6 +79,9 @@ __device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) 
 #ifndef MMA_NB_Q6_K
 #define MMA_NB_Q6_K 2
 #endif
+#ifndef MMA_MT
+#define MMA_MT 1                   // 16-row tiles per work item (gpu_layout.MMA_MT): they share B loads
+#endif
 // NBYTES, GS (weights per scale group), CH (16-byte copies per row slice, alignment slack included),
 // STRIDE (bytes per row slice in the ring: STRIDE/4 ≡ 4 mod 8, so the 8 rows a warp instruction
 // reads start in 8 distinct groups of 4 banks), NB (ring depth).
@@ -90,6 +95,15 @@ struct MQ4_K {
 #pragma unroll
             for (int k = 0; k < 2; k++) r.w[c][k] = *(const unsigned*)(blk + 16 + 32 * c + 16 * k + 4 * tq);
     }
+    __device__ static unsigned scw(const Raw& r, int hf) {     // 6-bit scales of groups 4hf..4hf+3
+        return hf ? (r.h.w & 0x0F0F0F0Fu) | ((r.h.y >> 2) & 0x30303030u) : r.h.y & 0x3F3F3F3Fu;
+    }
+    __device__ static float cm(const Raw& r, int gi) {         // the group's 6-bit min
+        const unsigned w = (gi >> 2) ? ((r.h.w >> 4) & 0x0F0F0F0Fu) | ((r.h.z >> 2) & 0x30303030u) : r.h.z & 0x3F3F3F3Fu;
+        return byte_f(w, gi & 3, 0.f);
+    }
+    __device__ static float d(const Raw& r) { return __half2float(__ushort_as_half((unsigned short)(r.h.x & 0xFFFF))); }
+    __device__ static float dm(const Raw& r) { return __half2float(__ushort_as_half((unsigned short)(r.h.x >> 16))); }
 };
 struct MQ6_K {
     static constexpr int NBYTES = 210, GS = 16, CH = 14, STRIDE = 240, NB = MMA_NB_Q6_K;
@@ -106,230 +120,285 @@ struct MQ6_K {
         for (int i = 0; i < 4; i++) r.sc[i] = ld4_a2(blk + 192 + 4 * i);
         r.d = *(const unsigned short*)(blk + 208);
     }
+    __device__ static float cm(const Raw& r, int gi) { return byte_f(r.sc[gi >> 2] ^ 0x80808080u, gi & 3, 128.f); }
+    __device__ static float d(const Raw& r) { return __half2float(__ushort_as_half(r.d)); }
+    __device__ static float dm(const Raw& r) { return d(r) * 32.f; }
 };
 
-
-// Per superblock: a lane pair (tq even, tq odd) holds digit sums (0, 1) and (2, 3) of one member;
-// the even lane joins them into the exact I and adds d·f32(I)·σ − dm·mm (the odd lane's copy is unused).
-template <int NM>
-__device__ __forceinline__ void finish(int (*T)[4], float (*mm)[2], const float* dd, const float* dm,
-                                       const float* sg, float (*acc)[2]) {
+// Columns: MMA k (of NK per weight group), column n ↔ member (n/2)·NK/2 + k/2, digit 2(k%2) + n%2, so
+// lane (g, tq) supplies B column g and its D fragment holds all four digits of members tq·NK/2 + j
+// (j < NK/2: MMAs 2j and 2j+1) for rows g and g+8 of each tile — each lane finishes its own sums:
+//   I = Σ digits · 2^(8·digit), acc = fma(d, f32(I)·σ, acc), acc = fma(−dm, mm, acc), mm being the
+//   fma chain over the G groups of (cm of the row, Mx of the member), in group order.
+template <class F, int NK, int MT>
+__device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[NK][4], const float* __restrict__ mxs,
+                                       const int* moff, const float* sg, float (*acc)[NK / 2][2]) {
+    constexpr int G = 256 / F::GS;
+    float mm[MT][NK / 2][2];
 #pragma unroll
-    for (int m = 0; m < NM; m++) {
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int j = 0; j < NK / 2; j++) mm[mt][j][0] = mm[mt][j][1] = 0.f;
+#pragma unroll
+    for (int v = 0; v < G / 4; v++) {
+        float4 mx[NK / 2];
+#pragma unroll
+        for (int j = 0; j < NK / 2; j++) mx[j] = __ldg((const float4*)(mxs + moff[j]) + v);
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int rr = 0; rr < 2; rr++) {
+                    const float c = F::cm(a[mt][rr], 4 * v + e);
+#pragma unroll
+                    for (int j = 0; j < NK / 2; j++)
+                        mm[mt][j][rr] = __fmaf_rn(c, e == 0 ? mx[j].x : e == 1 ? mx[j].y : e == 2 ? mx[j].z : mx[j].w,
+                                                  mm[mt][j][rr]);
+                }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
-            const int hi0 = __shfl_xor_sync(0xffffffffu, T[m][2 * rr], 1);
-            const int hi1 = __shfl_xor_sync(0xffffffffu, T[m][2 * rr + 1], 1);
-            const long long I = (long long)T[m][2 * rr] + 256LL * T[m][2 * rr + 1] + 65536LL * hi0 + 16777216LL * hi1;
-            acc[m][rr] = __fmaf_rn(dd[rr], __fmul_rn(__ll2float_rn(I), sg[m]), acc[m][rr]);
-            acc[m][rr] = __fmaf_rn(-dm[rr], mm[m][rr], acc[m][rr]);
+            const float dd = F::d(a[mt][rr]), dm = F::dm(a[mt][rr]);
+#pragma unroll
+            for (int j = 0; j < NK / 2; j++) {
+                const int* t0 = T[mt][2 * j];
+                const int* t1 = T[mt][2 * j + 1];
+                const long long I = (long long)t0[2 * rr] + 256LL * t0[2 * rr + 1] + 65536LL * t1[2 * rr] +
+                                    16777216LL * t1[2 * rr + 1];
+                float& s = acc[mt][j][rr];
+                s = __fmaf_rn(dd, __fmul_rn(__ll2float_rn(I), sg[j]), s);
+                s = __fmaf_rn(-dm, mm[mt][j][rr], s);
+            }
+        }
+}
+
+// T[0..3] += the MMA's D scaled by the integer scale of its row (g: s0, g+8: s1)
+__device__ __forceinline__ void scale_add(int* t, const int* d, int s0, int s1) {
+    t[0] += s0 * d[0]; t[1] += s0 * d[1]; t[2] += s1 * d[2]; t[3] += s1 * d[3];
+}
+// Per format, 32-block b (x fragments of MMA k: x[k]) of MT tiles into T.
+template <int NK, int MT>
+__device__ __forceinline__ void block32(const MQ4_K::Raw (*a)[2], int b, const uint2* x, int (*T)[NK][4]) {
+    const int c = b >> 1, sh = 4 * (b & 1);                 // chunk c: low nibbles = block 2c, high = 2c+1
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const MQ4_K::Raw* r = a[mt];
+        const unsigned a0 = (r[0].w[c][0] >> sh) & 0x0F0F0F0Fu, a1 = (r[1].w[c][0] >> sh) & 0x0F0F0F0Fu;
+        const unsigned a2 = (r[0].w[c][1] >> sh) & 0x0F0F0F0Fu, a3 = (r[1].w[c][1] >> sh) & 0x0F0F0F0Fu;
+        const int s0 = ubyte(MQ4_K::scw(r[0], b >> 2), b & 3), s1 = ubyte(MQ4_K::scw(r[1], b >> 2), b & 3);
+#pragma unroll
+        for (int k = 0; k < NK; k++) {
+            int d[4];
+            mma32(d, a0, a1, a2, a3, x[k]);
+            scale_add(T[mt][k], d, s0, s1);
         }
     }
 }
-
-// One superblock of rows g, g+8 (raw a[0], a[1]) for NM member pairs: adds to acc[m][row].
-template <int NM>
-__device__ __forceinline__ void superblock(const MQ4_K::Raw* a, const uint2* __restrict__ xb, const int* xoff,
-                                           const float* sg, const float* __restrict__ mxs, const int* moff, float (*acc)[2]) {
-    int T[NM][4];
-    float mm[NM][2];
-    unsigned scw[2][2], mnw[2][2];
+template <int NK, int MT>
+__device__ __forceinline__ void block32(const MQ6_K::Raw (*a)[2], int b, const uint2* x, int (*T)[NK][4]) {
+    const int h = b >> 2, k4 = b & 3;                        // half h, quarter k4
 #pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-        const uint4 h = a[rr].h;
-        scw[rr][0] = h.y & 0x3F3F3F3Fu;
-        scw[rr][1] = (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u);
-        mnw[rr][0] = h.z & 0x3F3F3F3Fu;
-        mnw[rr][1] = ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u);
-    }
+    for (int grp = 0; grp < 2; grp++) {                      // groups of 16: elements 4tq.. (b0), 16+4tq.. (b1)
+        const int gi = 8 * h + 2 * k4 + grp;
 #pragma unroll
-    for (int m = 0; m < NM; m++) { T[m][0] = T[m][1] = T[m][2] = T[m][3] = 0; mm[m][0] = mm[m][1] = 0.f; }
-#pragma unroll
-    for (int sb = 0; sb < 8; sb++) {
-        const int c = sb >> 1, sh = 4 * (sb & 1);
-        const unsigned a0 = (a[0].w[c][0] >> sh) & 0x0F0F0F0Fu, a1 = (a[1].w[c][0] >> sh) & 0x0F0F0F0Fu;
-        const unsigned a2 = (a[0].w[c][1] >> sh) & 0x0F0F0F0Fu, a3 = (a[1].w[c][1] >> sh) & 0x0F0F0F0Fu;
-        const int s0 = ubyte(scw[0][sb >> 2], sb & 3), s1 = ubyte(scw[1][sb >> 2], sb & 3);
-        const float c0 = byte_f(mnw[0][sb >> 2], sb & 3, 0.f), c1 = byte_f(mnw[1][sb >> 2], sb & 3, 0.f);
-#pragma unroll
-        for (int m = 0; m < NM; m++) {
-                int d[4];
-            mma32(d, a0, a1, a2, a3, __ldg(xb + xoff[m] + sb * 16));
-            T[m][0] += s0 * d[0]; T[m][1] += s0 * d[1]; T[m][2] += s1 * d[2]; T[m][3] += s1 * d[3];
-            const float x = __ldg(mxs + moff[m] + sb);
-            mm[m][0] = __fmaf_rn(c0, x, mm[m][0]);
-            mm[m][1] = __fmaf_rn(c1, x, mm[m][1]);
-        }
-    }
-    float dd[2], dm[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-        dd[rr] = __half2float(__ushort_as_half((unsigned short)(a[rr].h.x & 0xFFFF)));
-        dm[rr] = __half2float(__ushort_as_half((unsigned short)(a[rr].h.x >> 16)));
-    }
-    finish<NM>(T, mm, dd, dm, sg, acc);
-}
-
-template <int NM>
-__device__ __forceinline__ void superblock(const MQ6_K::Raw* a, const uint2* __restrict__ xb, const int* xoff,
-                                           const float* sg, const float* __restrict__ mxs, const int* moff, float (*acc)[2]) {
-    int T[NM][4];
-    float mm[NM][2];
-#pragma unroll
-    for (int m = 0; m < NM; m++) { T[m][0] = T[m][1] = T[m][2] = T[m][3] = 0; mm[m][0] = mm[m][1] = 0.f; }
-#pragma unroll
-    for (int b = 0; b < 8; b++) {                          // 32-blocks: half h, quarter k
-        const int h = b >> 2, k = b & 3;
-        uint2 xv[NM];
-#pragma unroll
-        for (int m = 0; m < NM; m++) xv[m] = __ldg(xb + xoff[m] + b * 16);
-#pragma unroll
-        for (int grp = 0; grp < 2; grp++) {                // groups of 16: elements 4tq.. (b0), 16+4tq.. (b1)
-            const int gi = 8 * h + 2 * k + grp;
+        for (int mt = 0; mt < MT; mt++) {
             unsigned av[2];
             int sv[2];
-            float cv[2];
 #pragma unroll
             for (int rr = 0; rr < 2; rr++) {
-                const unsigned lo = (a[rr].ql[h][2 * (k & 1) + grp] >> (4 * (k >> 1))) & 0x0F0F0F0Fu;
-                const unsigned hi = ((a[rr].qh[h][grp] >> (2 * k)) & 0x03030303u) << 4;
+                const MQ6_K::Raw& r = a[mt][rr];
+                const unsigned lo = (r.ql[h][2 * (k4 & 1) + grp] >> (4 * (k4 >> 1))) & 0x0F0F0F0Fu;
+                const unsigned hi = ((r.qh[h][grp] >> (2 * k4)) & 0x03030303u) << 4;
                 av[rr] = lo | hi;
-                sv[rr] = sbyte(a[rr].sc[gi >> 2], gi & 3);
-                cv[rr] = byte_f(a[rr].sc[gi >> 2] ^ 0x80808080u, gi & 3, 128.f);
+                sv[rr] = sbyte(r.sc[gi >> 2], gi & 3);
             }
 #pragma unroll
-            for (int m = 0; m < NM; m++) {
-                        int d[4];
-                mma16(d, av[0], av[1], grp ? xv[m].y : xv[m].x);
-                T[m][0] += sv[0] * d[0]; T[m][1] += sv[0] * d[1]; T[m][2] += sv[1] * d[2]; T[m][3] += sv[1] * d[3];
-                const float x = __ldg(mxs + moff[m] + gi);
-                mm[m][0] = __fmaf_rn(cv[0], x, mm[m][0]);
-                mm[m][1] = __fmaf_rn(cv[1], x, mm[m][1]);
+            for (int k = 0; k < NK; k++) {
+                int d[4];
+                mma16(d, av[0], av[1], grp ? x[k].y : x[k].x);
+                scale_add(T[mt][k], d, sv[0], sv[1]);
             }
         }
     }
-    float dd[2], dm[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-        dd[rr] = __half2float(__ushort_as_half(a[rr].d));
-        dm[rr] = dd[rr] * 32.f;
-    }
-    finish<NM>(T, mm, dd, dm, sg, acc);
 }
 
-// One work item: a tile of 16 rows of one group (≤ 2·NM members), as lane (g, tq) sees it.
-template <int NM>
+// One superblock of MT tiles (raw a[mt][0], a[mt][1]: rows g, g+8) against the lane's B fragments,
+// xb + xo[k] + 8·bp: MMA k, 32-blocks 2bp (.x, .y) and 2bp+1 (.z, .w); adds to acc[mt][j][row].
+template <class F, int NK, int MT>
+__device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const uint4* __restrict__ xb, const int* xo,
+                                           const float* sg, const float* __restrict__ mxs, const int* moff,
+                                           float (*acc)[NK / 2][2]) {
+    int T[MT][NK][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int k = 0; k < NK; k++) T[mt][k][0] = T[mt][k][1] = T[mt][k][2] = T[mt][k][3] = 0;
+#pragma unroll
+    for (int bp = 0; bp < 4; bp++) {
+        uint2 x[2][NK];
+#pragma unroll
+        for (int k = 0; k < NK; k++) {
+            const uint4 v = __ldg(xb + xo[k] + 8 * bp);
+            x[0][k] = make_uint2(v.x, v.y);
+            x[1][k] = make_uint2(v.z, v.w);
+        }
+        block32<NK, MT>(a, 2 * bp, x[0], T);
+        block32<NK, MT>(a, 2 * bp + 1, x[1], T);
+    }
+    finish<F, NK, MT>(a, T, mxs, moff, sg, acc);
+}
+
+// One work item: MT 16-row tiles of one group (≤ 2·NK members), as lane (g, tq) sees it.
+template <int NK, int MT>
 struct Item {
-    unsigned lo[2];                // rows g, g+8: low address bits (where a slice starts in its aligned copy)
-    int r0, tb[NM], td[NM], od[NM], nt;
+    unsigned lo[2 * MT];           // rows g + 8v: low address bits (where a slice starts in its aligned copy)
+    int r0, nt, tb[NK / 2], td[NK / 2], od[NK / 2];
 };
-template <int NM>
-__device__ __forceinline__ Item<NM> item(int i, int tpg, const u8* W, long long es, int R, int row_bytes,
-                                         const int* __restrict__ gexp, const int* __restrict__ gstart,
-                                         const int* __restrict__ mx, const int* __restrict__ mo, int g, int tq) {
-    Item<NM> it;
+template <int NK, int MT>
+__device__ __forceinline__ Item<NK, MT> item(int i, int tpg, const u8* W, long long es, int R, int row_bytes,
+                                             const int* __restrict__ gexp, const int* __restrict__ gstart,
+                                             const int* __restrict__ mx, const int* __restrict__ mo, int g, int tq) {
+    Item<NK, MT> it;
     const int grp = i / tpg, m0 = gstart[grp];
     const u8* base = W + (long long)gexp[grp] * es;
-    it.r0 = (i % tpg) * 16 + g;
-    it.lo[0] = (unsigned)(size_t)(base + (long long)(it.r0 < R ? it.r0 : 0) * row_bytes);
-    it.lo[1] = (unsigned)(size_t)(base + (long long)(it.r0 + 8 < R ? it.r0 + 8 : 0) * row_bytes);
+    it.r0 = (i % tpg) * 16 * MT + g;
+#pragma unroll
+    for (int v = 0; v < 2 * MT; v++) {
+        const int r = it.r0 + 8 * v;
+        it.lo[v] = (unsigned)(size_t)(base + (long long)(r < R ? r : 0) * row_bytes);
+    }
     it.nt = gstart[grp + 1] - m0;
 #pragma unroll
-    for (int m = 0; m < NM; m++) {                       // B column's member, D's member (clamped)
-        it.tb[m] = mx[m0 + min(2 * m + g / 4, it.nt - 1)];
-        const int k = m0 + min(2 * m + tq / 2, it.nt - 1);
-        it.td[m] = mx[k];
-        it.od[m] = mo[k];
+    for (int j = 0; j < NK / 2; j++) {                  // B column's member, D's members (clamped)
+        it.tb[j] = mx[m0 + min((g >> 1) * (NK / 2) + j, it.nt - 1)];
+        const int k = m0 + min(tq * (NK / 2) + j, it.nt - 1);
+        it.td[j] = mx[k];
+        it.od[j] = mo[k];
     }
     return it;
 }
 
 // Warp wg streams items [wg·per_warp, …) superblock by superblock through an NB-deep ring of
-// shared buffers (16 row slices each, cp.async), so NB-1 superblocks are in flight while one is
-// computed. Warps share nothing.
-template <class F, int NM>
+// shared buffers (16·MT row slices each, cp.async), so NB-1 superblocks are in flight while one
+// is computed. Warps share nothing. The copies a lane issues per superblock are fixed (copy c: 16
+// bytes at chunk (lane+32c) % CH of row slice (lane+32c) / CH), so per item only their row
+// offsets are worked out; one warp instruction copies whole row slices of 2–4 consecutive rows.
+template <class F, int NK, int MT>
 __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int row_bytes,
                          int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
-                         const int* __restrict__ mx, const int* __restrict__ mo, const uint2* __restrict__ xb,
+                         const int* __restrict__ mx, const int* __restrict__ mo, const uint4* __restrict__ xb,
                          const float* __restrict__ sig, const float* __restrict__ mxs, float* __restrict__ out,
                          float* __restrict__ out2, int n_items, int per_warp) {
     extern __shared__ __align__(16) unsigned char ring[];
+    constexpr int RI = 16 * MT, NC = (RI * F::CH + 31) / 32, SLOT = RI * F::STRIDE;
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
     if (i0 >= i1) return;
-    const int S = n_in / 256, tpg = (R + 15) / 16, nblk = n_in / 32, G = 256 / F::GS, nq = (i1 - i0) * S;
+    const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
     const u8* Wz = blockIdx.y ? W2 : W;                  // y = 1: the up tensor of gate+up
     float* o = blockIdx.y ? out2 : out;
-    u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * 16 * F::STRIDE;
-    auto fetch = [&](int q) {                           // superblock q of the run into slot q % NB
-        if (q < nq) {
-            const int i = i0 + q / S, grp = i / tpg, tile = i % tpg;
-            const u8* base = Wz + (long long)gexp[grp] * es + (long long)(q % S) * F::NBYTES;
-            u8* dst = my + (q % F::NB) * 16 * F::STRIDE;
-            for (int c = lane; c < 16 * F::CH; c += 32) {
-                const int rr = c / F::CH, r = tile * 16 + rr;
-                const u8* src = (const u8*)((size_t)(base + (long long)(r < R ? r : 0) * row_bytes) & ~(size_t)15);
-                cp_async16(dst + rr * F::STRIDE + 16 * (c % F::CH), src + 16 * (c % F::CH));
+    u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * SLOT;
+    // the fetch cursor: item fi, superblock fs, ring slot fslot; fb + foff[c]: copy c's row start
+    int fi = i0, fs = 0, fslot = 0;
+    const u8* fb;
+    unsigned foff[NC];
+    auto fitem = [&](int i) {
+        const int grp = i / tpg, tile = i % tpg;
+        const size_t b = (size_t)(Wz + (long long)gexp[grp] * es);
+        fb = (const u8*)(b & ~(size_t)15);
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const int r = tile * RI + min((lane + 32 * c) / F::CH, RI - 1);
+            foff[c] = (unsigned)(b & 15) + (unsigned)(r < R ? r : 0) * (unsigned)row_bytes;
+        }
+    };
+    auto fetch = [&]() {
+        if (fi < i1) {
+            u8* dst = my + fslot * SLOT;
+            const unsigned so = (unsigned)fs * F::NBYTES;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const int idx = lane + 32 * c;
+                if (32 * NC == RI * F::CH || idx < RI * F::CH)
+                    cp_async16(dst + (idx / F::CH) * F::STRIDE + 16 * (idx % F::CH),
+                               fb + ((foff[c] + so) & ~15u) + 16 * (idx % F::CH));
             }
+            if (++fs == S) { fs = 0; if (++fi < i1) fitem(fi); }
+            if (++fslot == F::NB) fslot = 0;
         }
         cp_async_commit();                               // (an empty group keeps the wait count uniform)
     };
+    fitem(i0);
 #pragma unroll
-    for (int j = 0; j < F::NB - 1; j++) fetch(j);
-    Item<NM> it = item<NM>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
-    float acc[NM][2];
+    for (int j = 0; j < F::NB - 1; j++) fetch();
+    Item<NK, MT> it = item<NK, MT>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
+    float acc[MT][NK / 2][2];
 #pragma unroll
-    for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
-    for (int q = 0, s = 0; q < nq; q++) {
-        fetch(q + F::NB - 1);                            // into the slot superblock q-1 used
-        cp_async_wait<F::NB - 1>();                      // superblock q has landed
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int j = 0; j < NK / 2; j++) acc[mt][j][0] = acc[mt][j][1] = 0.f;
+    for (int i = i0, s = 0, slot = 0; i < i1;) {
+        fetch();                                         // into the slot the previous superblock used
+        cp_async_wait<F::NB - 1>();                      // this superblock has landed
         __syncwarp();
-        const u8* slot = my + (q % F::NB) * 16 * F::STRIDE;
-        typename F::Raw cur[2];
-        F::load(slot + g * F::STRIDE + ((it.lo[0] + s * F::NBYTES) & 15), tq, cur[0]);
-        F::load(slot + (g + 8) * F::STRIDE + ((it.lo[1] + s * F::NBYTES) & 15), tq, cur[1]);
-        int xoff[NM], moff[NM];
-        float sg[NM];
+        const u8* sl = my + slot * SLOT;
+        typename F::Raw cur[MT][2];
 #pragma unroll
-        for (int m = 0; m < NM; m++) {
-            xoff[m] = (it.tb[m] * nblk + s * 8) * 16 + (g & 3) * 4 + tq;
-            moff[m] = (it.td[m] * S + s) * G;
-            sg[m] = __ldg(sig + it.td[m] * S + s);
+        for (int v = 0; v < 2 * MT; v++)
+            F::load(sl + (g + 8 * v) * F::STRIDE + ((it.lo[v] + s * F::NBYTES) & 15), tq, cur[v >> 1][v & 1]);
+        int xo[NK], moff[NK / 2];
+        float sg[NK / 2];
+#pragma unroll
+        for (int k = 0; k < NK; k++) xo[k] = (it.tb[k >> 1] * S + s) * 64 + (k & 1) * 32 + (g & 1) * 4 + tq;
+#pragma unroll
+        for (int j = 0; j < NK / 2; j++) {
+            moff[j] = (it.td[j] * S + s) * G;
+            sg[j] = __ldg(sig + it.td[j] * S + s);
         }
-        superblock<NM>(cur, xb, xoff, sg, mxs, moff, acc);
+        superblock<F, NK, MT>(cur, xb, xo, sg, mxs, moff, acc);
         __syncwarp();                                    // the slot is refilled next
-        if (++s == S) {                                  // item done: lanes with even tq hold its sums
-            if ((tq & 1) == 0)
+        if (++slot == F::NB) slot = 0;
+        if (++s == S) {                                  // item done: every lane holds its members' sums
 #pragma unroll
-                for (int m = 0; m < NM; m++) {
-                    if (2 * m + tq / 2 < it.nt) {
-                        const long long ob = (long long)it.od[m] * R;
-                        if (it.r0 < R) o[ob + it.r0] = acc[m][0];
-                        if (it.r0 + 8 < R) o[ob + it.r0 + 8] = acc[m][1];
+            for (int j = 0; j < NK / 2; j++) {
+                const bool wr = tq * (NK / 2) + j < it.nt;
+                const long long ob = (long long)it.od[j] * R;
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++) {
+                        const int r = it.r0 + 16 * mt + 8 * rr;
+                        if (wr && r < R) o[ob + r] = acc[mt][j][rr];
+                        acc[mt][j][rr] = 0.f;
                     }
                 }
-#pragma unroll
-            for (int m = 0; m < NM; m++) acc[m][0] = acc[m][1] = 0.f;
-            if (q + 1 < nq) it = item<NM>(i0 + (q + 1) / S, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
+            }
             s = 0;
+            if (++i < i1) it = item<NK, MT>(i, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
         }
     }
     cp_async_wait<0>();
 }
 
-// moe_mma1_<Q>: groups of up to 2 members (one MMA per weight group); moe_mma_<Q>: up to 8.
+// moe_mma1_<Q>: groups of up to 4 members (two MMAs per weight group); moe_mma_<Q>: up to 8 (four).
 // grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
 // 4·NB·16·STRIDE (gpu_layout.mma_smem); item = (group, 16-row tile).
-#define MMA_ENTRY(NAME, F, NM)                                                                                   \
-extern "C" __global__ void __launch_bounds__(128) NAME(                                                        \
+#ifndef MMA_MINB
+#define MMA_MINB 2                 // blocks per SM the register budget is set for
+#endif
+#define MMA_ENTRY(NAME, F, NK)                                                                                   \
+extern "C" __global__ void __launch_bounds__(128, MMA_MINB) NAME(                                                        \
         const u8* W, const u8* W2, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,    \
-        const int* mx, const int* mo, const uint2* xb, const float* sig, const float* mxs, float* out,           \
+        const int* mx, const int* mo, const uint4* xb, const float* sig, const float* mxs, float* out,           \
         float* out2, int n_items, int per_warp) {                                                                \
-    mma_rows<F, NM>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);  \
+    mma_rows<F, NK, MMA_MT>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);  \
 }
-MMA_ENTRY(moe_mma1_Q4_K, MQ4_K, 1)
+MMA_ENTRY(moe_mma1_Q4_K, MQ4_K, 2)
 MMA_ENTRY(moe_mma_Q4_K, MQ4_K, 4)
-MMA_ENTRY(moe_mma1_Q6_K, MQ6_K, 1)
+MMA_ENTRY(moe_mma1_Q6_K, MQ6_K, 2)
 MMA_ENTRY(moe_mma_Q6_K, MQ6_K, 4)
 
 // act(gate, up) of the tensor-core gate+up launch (the float kernels fuse it)
