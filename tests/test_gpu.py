@@ -45,12 +45,18 @@ def test_gpu_vs_oracle_cpu_and_emulation(gpu, qtype, ntok, rng):
 
 
 def test_q8_1_error_is_mmvq_sized(gpu, rng):
+    """q8_1 mode quantises the activations (per 32: scale amax/127 in fp16), so its error is far
+    above f32's, yet inside the bound that quantisation allows: |δx| ≤ 0.6·amax/127 per value.
+    (Bounds per row from Σ|w|, not a norm ratio: a row that cancels makes a relative norm swing.)"""
     w = (rng.standard_t(5, size=(1, 64, 2048)) * 0.02).astype(np.float32)
     T = QTensor.from_weights("blk.0.ffn_gate_exps.weight", w, "Q4_K")
     x = rng.standard_normal((1, 2048)).astype(np.float32)
-    yo = backends.get("oracle").matvec(T, x)
-    rel = {m: np.linalg.norm(gpu.matvec(T, x, act=m) - yo) / np.linalg.norm(yo) for m in ("f32", "q8_1")}
-    assert rel["f32"] < 1e-6 and 1e-4 < rel["q8_1"] < 5e-2 and rel["q8_1"] / rel["f32"] > 1e3
+    yo, mag = backends.get("oracle").matvec_with_magnitude(T, x)
+    amax = np.repeat(np.abs(x.reshape(-1, 32)).max(axis=1), 32)
+    qbound = np.abs(T.f32()[0].astype(np.float64)) @ (amax * 0.6 / 127) + 2048 * U * mag[0]
+    ef, eq = (np.abs(gpu.matvec(T, x, act=m) - yo) for m in ("f32", "q8_1"))
+    assert (ef <= 2048 * U * mag).all() and (eq <= qbound).all()
+    assert np.linalg.norm(eq) > 1e3 * np.linalg.norm(ef)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-qwen2moe", "tiny-gpt-oss", "tiny-gemma3"])

@@ -132,17 +132,18 @@ class Launch:
         nw = len(Ws)
         self.outs = [cp.empty((T * k, R), cp.float32) for _ in range(1 if nw == 1 else 3)]
         o = self.outs
-        gexp = cp.asarray(experts if in_place else np.arange(len(experts)), dtype=cp.int32)
+        hexp = experts if in_place else np.arange(len(experts))      # which weight slab each group reads
         row_bytes = n_in // qt.block * qt.nbytes
         groups = (cp.asarray(start), cp.asarray(mx), cp.asarray(mo))
         self.steps = []
-        if intdot.serves(qt.name, act, L.tcap_of(start)):
+        tcap = L.tcap_of(start)
+        if intdot.serves(qt.name, act, tcap):
             # tensor cores: activations to fixed point, then one launch (gate and up: grid y), then act
             gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
             dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
             self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
-            gx, gs0 = L.member_chunks(experts if in_place else np.arange(len(experts)), start, L.MMA_MEMBERS)
+            gx, gs0 = L.member_chunks(hexp, start, L.MMA_MEMBERS)
             fn = be.module.get_function(f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= L.MMA_SMALL else ''}_{qt.name}")
             smem = L.mma_smem(qt.name)
             fn.max_dynamic_shared_size_bytes = smem
@@ -158,14 +159,14 @@ class Launch:
                                    (o[0], o[1], o[2], np.int64(N), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit))))
             return
         Xq, S, mode = L.activations(X, qt, act)
-        tcap = L.tcap_of(start)
         cw = L.chunk_weights(qt, tcap, n_in, nw)
         smem = L.smem_bytes(qt, cw, tcap, n_in, nw)
         fn = be.module.get_function(L.kernel_name(tcap, n_in, nw, qt))
         fn.max_dynamic_shared_size_bytes = smem
         self.steps.append((fn, (-(-R // L.rows_per_block(tcap, n_in, nw)), len(experts)), (L.WARPS * 32,), smem,
                            (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
-                            gexp, *groups, cp.asarray(Xq), cp.asarray(S), o[0], o[1 % len(o)], o[2 % len(o)],
+                            cp.asarray(hexp, dtype=cp.int32), *groups, cp.asarray(Xq), cp.asarray(S),
+                            o[0], o[1 % len(o)], o[2 % len(o)],
                             np.int32(mode), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit), np.int32(cw))))
 
     def __call__(self):
