@@ -3,7 +3,7 @@
 # SASS instruction mix and ncu sections → $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-KERNEL=${KERNEL:-moe_mma1_Q4_K}
+KERNEL=${KERNEL:-moe_mma2_Q4_K}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD/lib PYTHONUNBUFFERED=1
 K=lib/moeparity/backends/kernels

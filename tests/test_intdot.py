@@ -148,10 +148,11 @@ def test_kernel_constants_match_intdot():
 
 
 def test_tensor_core_entry_points_exist():
-    """cuda.py launches x_fixed, moe_mma1_<Q>, moe_mma_<Q> and act_rows by name."""
+    """cuda.py launches x_fixed, moe_mma<n>_<Q> (n in gpu_layout.MMA_MEMBERS) and act_rows by name."""
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     for q in intdot.GROUP:
-        assert f"MMA_ENTRY(moe_mma1_{q}, M{q}, 2)" in src and f"MMA_ENTRY(moe_mma_{q}, M{q}, 4)" in src
+        for n in L.MMA_MEMBERS:                                    # n/2 MMAs of two members (n = 2: one)
+            assert f"MMA_ENTRY(moe_mma{n}_{q}, M{q}, {max(n // 2, 1)})" in src
     assert 'void __launch_bounds__(256) x_fixed(' in src and "void act_rows(" in src
-    assert (L.MMA_MEMBERS, L.MMA_SMALL) == (2 * 4, 2 * 2)          # NK MMAs of two members each
+    assert L.MMA_MEMBERS == (2, 4, 8)
     assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()

@@ -150,7 +150,7 @@ def run(quick: bool = False) -> str:
         f"Device-to-device copy bandwidth in the same run: **{bw:.0f} GB/s** (bytes read + written).",
         "Ours: f32 activations, one launch per tensor (gate, up, down), expert ids on the device. One token",
         "(one member per expert): the float kernels `moe_matvec1[n]_<QTYPE>` (kernels/moe_matvec.cu); 8 tokens:",
-        "`moe_matvec_<QTYPE>`, except Q4_K/Q6_K, which take the int8 tensor-core kernels `moe_mma_<QTYPE>`",
+        "`moe_matvec_<QTYPE>`, except Q4_K/Q6_K, which take the int8 tensor-core kernels `moe_mma<n>_<QTYPE>`",
         "(kernels/moe_mma.cuh: exact integer dots against block-fixed-point activations, backends/intdot.py;",
         "their time includes the activation conversion `x_fixed`).",
         "GB/s = quantized weight bytes read / time; '% copy' is that over the",

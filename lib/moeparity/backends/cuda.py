@@ -143,8 +143,9 @@ class Launch:
             dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
             self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
-            gx, gs0 = L.member_chunks(hexp, start, L.MMA_MEMBERS)
-            fn = be.module.get_function(f"moe_mma{'1' if np.diff(gs0).max(initial=1) <= L.MMA_SMALL else ''}_{qt.name}")
+            gx, gs0 = L.member_chunks(hexp, start, L.MMA_MEMBERS[-1])
+            most = np.diff(gs0).max(initial=1)
+            fn = be.module.get_function(f"moe_mma{next(m for m in L.MMA_MEMBERS if m >= most)}_{qt.name}")
             smem = L.mma_smem(qt.name)
             fn.max_dynamic_shared_size_bytes = smem
             n_items = (len(gs0) - 1) * -(-R // (16 * L.MMA_MT))

@@ -26,11 +26,10 @@ MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # q8_1 mode: min term
 USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kernels stage Σx per 8 weights
 
 
-# Tensor-core kernels (kernels/moe_mma.cuh): members per group at most (moe_mma_*: 4 MMAs per weight
-# group, 2 members each; moe_mma1_*: 2 MMAs, for groups of at most MMA_SMALL); per format the
-# shared ring of each of a block's 4 warps: depth and bytes per row slice (MMA_NB_*, STRIDE there).
-MMA_MEMBERS = 8
-MMA_SMALL = 4
+# Tensor-core kernels (kernels/moe_mma.cuh): moe_mma<n>_* serves groups of at most n members (n/2 MMAs
+# per weight group, one for n = 2; larger groups are split); per format the shared ring of each of a
+# block's 4 warps: depth and bytes per row slice (MMA_NB_*, STRIDE there).
+MMA_MEMBERS = (2, 4, 8)
 MMA_MT = 2           # 16-row tiles per work item (they share the activation loads); cuda.py passes it
 MMA_RING = {"Q4_K": (3, 144), "Q6_K": (2, 240)}
 

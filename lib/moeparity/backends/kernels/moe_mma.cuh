@@ -130,29 +130,41 @@ struct MQ6_K {
 // (j < NK/2: MMAs 2j and 2j+1) for rows g and g+8 of each tile — each lane finishes its own sums:
 //   I = Σ digits · 2^(8·digit), acc = fma(d, f32(I)·σ, acc), acc = fma(−dm, mm, acc), mm being the
 //   fma chain over the G groups of (cm of the row, Mx of the member), in group order.
+// NK = 1 (at most 2 members): column n ↔ (member n/4, digit n%4); lanes tq and tq^1 then hold digits
+// (0, 1) and (2, 3) of member tq/2 and trade halves: the even lane finishes row g, the odd row g+8
+// (its sums sit in acc[mt][0][0]).
+template <int NK> struct Cols {
+    static constexpr int J = NK > 1 ? NK / 2 : 1;                              // members a lane finishes
+    __device__ static int bmember(int g, int k) { return NK > 1 ? (g >> 1) * (NK / 2) + (k >> 1) : g >> 2; }
+    __device__ static int bdigit(int g, int k) { return NK > 1 ? 2 * (k & 1) + (g & 1) : g & 3; }
+    __device__ static int dmember(int tq, int j) { return NK > 1 ? tq * (NK / 2) + j : tq >> 1; }
+};
+
 template <class F, int NK, int MT>
 __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[NK][4], const float* __restrict__ mxs,
-                                       const int* moff, const float* sg, float (*acc)[NK / 2][2]) {
-    constexpr int G = 256 / F::GS;
-    float mm[MT][NK / 2][2];
+                                       const int* moff, const float* sg, float (*acc)[Cols<NK>::J][2], int tq) {
+    constexpr int G = 256 / F::GS, J = Cols<NK>::J, NR = NK > 1 ? 2 : 1;        // NR: rows a lane finishes
+    const bool odd = tq & 1;
+    float mm[MT][J][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int j = 0; j < NK / 2; j++) mm[mt][j][0] = mm[mt][j][1] = 0.f;
+        for (int j = 0; j < J; j++) mm[mt][j][0] = mm[mt][j][1] = 0.f;
 #pragma unroll
     for (int v = 0; v < G / 4; v++) {
-        float4 mx[NK / 2];
+        float4 mx[J];
 #pragma unroll
-        for (int j = 0; j < NK / 2; j++) mx[j] = __ldg((const float4*)(mxs + moff[j]) + v);
+        for (int j = 0; j < J; j++) mx[j] = __ldg((const float4*)(mxs + moff[j]) + v);
 #pragma unroll
         for (int e = 0; e < 4; e++)
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int rr = 0; rr < 2; rr++) {
-                    const float c = F::cm(a[mt][rr], 4 * v + e);
+                for (int rr = 0; rr < NR; rr++) {
+                    const float c = NK > 1 ? F::cm(a[mt][rr], 4 * v + e)
+                                           : odd ? F::cm(a[mt][1], 4 * v + e) : F::cm(a[mt][0], 4 * v + e);
 #pragma unroll
-                    for (int j = 0; j < NK / 2; j++)
+                    for (int j = 0; j < J; j++)
                         mm[mt][j][rr] = __fmaf_rn(c, e == 0 ? mx[j].x : e == 1 ? mx[j].y : e == 2 ? mx[j].z : mx[j].w,
                                                   mm[mt][j][rr]);
                 }
@@ -160,17 +172,26 @@ __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[N
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int rr = 0; rr < 2; rr++) {
-            const float dd = F::d(a[mt][rr]), dm = F::dm(a[mt][rr]);
+        for (int rr = 0; rr < NR; rr++) {
+            const float dd = NK > 1 ? F::d(a[mt][rr]) : odd ? F::d(a[mt][1]) : F::d(a[mt][0]);
+            const float dm = NK > 1 ? F::dm(a[mt][rr]) : odd ? F::dm(a[mt][1]) : F::dm(a[mt][0]);
 #pragma unroll
-            for (int j = 0; j < NK / 2; j++) {
-                const int* t0 = T[mt][2 * j];
-                const int* t1 = T[mt][2 * j + 1];
-                const long long I = (long long)t0[2 * rr] + 256LL * t0[2 * rr + 1] + 65536LL * t1[2 * rr] +
-                                    16777216LL * t1[2 * rr + 1];
-                float& s = acc[mt][j][rr];
-                s = __fmaf_rn(dd, __fmul_rn(__ll2float_rn(I), sg[j]), s);
-                s = __fmaf_rn(-dm, mm[mt][j][rr], s);
+            for (int j = 0; j < J; j++) {
+                long long I;
+                if (NK > 1) {
+                    const int* t0 = T[mt][2 * j];
+                    const int* t1 = T[mt][2 * j + 1];
+                    I = (long long)t0[2 * rr] + 256LL * t0[2 * rr + 1] + 65536LL * t1[2 * rr] + 16777216LL * t1[2 * rr + 1];
+                } else {
+                    const int* t = T[mt][0];
+                    const int ra = __shfl_xor_sync(0xffffffffu, odd ? t[0] : t[2], 1);
+                    const int rb = __shfl_xor_sync(0xffffffffu, odd ? t[1] : t[3], 1);
+                    I = (long long)(odd ? ra : t[0]) + 256LL * (odd ? rb : t[1]) + 65536LL * (odd ? t[2] : ra) +
+                        16777216LL * (odd ? t[3] : rb);
+                }
+                float& sm = acc[mt][j][rr];
+                sm = __fmaf_rn(dd, __fmul_rn(__ll2float_rn(I), sg[j]), sm);
+                sm = __fmaf_rn(-dm, mm[mt][j][rr], sm);
             }
         }
 }
@@ -230,7 +251,7 @@ __device__ __forceinline__ void block32(const MQ6_K::Raw (*a)[2], int b, const u
 template <class F, int NK, int MT>
 __device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const uint4* __restrict__ xb, const int* xo,
                                            const float* sg, const float* __restrict__ mxs, const int* moff,
-                                           float (*acc)[NK / 2][2]) {
+                                           float (*acc)[Cols<NK>::J][2], int tq) {
     int T[MT][NK][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -248,14 +269,14 @@ __device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const 
         block32<NK, MT>(a, 2 * bp, x[0], T);
         block32<NK, MT>(a, 2 * bp + 1, x[1], T);
     }
-    finish<F, NK, MT>(a, T, mxs, moff, sg, acc);
+    finish<F, NK, MT>(a, T, mxs, moff, sg, acc, tq);
 }
 
 // One work item: MT 16-row tiles of one group (≤ 2·NK members), as lane (g, tq) sees it.
 template <int NK, int MT>
 struct Item {
     unsigned lo[2 * MT];           // rows g + 8v: low address bits (where a slice starts in its aligned copy)
-    int r0, nt, tb[NK / 2], td[NK / 2], od[NK / 2];
+    int r0, nt, tb[Cols<NK>::J], td[Cols<NK>::J], od[Cols<NK>::J];
 };
 template <int NK, int MT>
 __device__ __forceinline__ Item<NK, MT> item(int i, int tpg, const u8* W, long long es, int R, int row_bytes,
@@ -272,9 +293,9 @@ __device__ __forceinline__ Item<NK, MT> item(int i, int tpg, const u8* W, long l
     }
     it.nt = gstart[grp + 1] - m0;
 #pragma unroll
-    for (int j = 0; j < NK / 2; j++) {                  // B column's member, D's members (clamped)
-        it.tb[j] = mx[m0 + min((g >> 1) * (NK / 2) + j, it.nt - 1)];
-        const int k = m0 + min(tq * (NK / 2) + j, it.nt - 1);
+    for (int j = 0; j < Cols<NK>::J; j++) {             // B column's member, D's members (clamped)
+        it.tb[j] = mx[m0 + min(Cols<NK>::bmember(g, 2 * j), it.nt - 1)];
+        const int k = m0 + min(Cols<NK>::dmember(tq, j), it.nt - 1);
         it.td[j] = mx[k];
         it.od[j] = mo[k];
     }
@@ -335,11 +356,12 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 #pragma unroll
     for (int j = 0; j < F::NB - 1; j++) fetch();
     Item<NK, MT> it = item<NK, MT>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
-    float acc[MT][NK / 2][2];
+    constexpr int J = Cols<NK>::J;
+    float acc[MT][J][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int j = 0; j < NK / 2; j++) acc[mt][j][0] = acc[mt][j][1] = 0.f;
+        for (int j = 0; j < J; j++) acc[mt][j][0] = acc[mt][j][1] = 0.f;
     for (int i = i0, s = 0, slot = 0; i < i1;) {
         fetch();                                         // into the slot the previous superblock used
         cp_async_wait<F::NB - 1>();                      // this superblock has landed
@@ -349,28 +371,31 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 #pragma unroll
         for (int v = 0; v < 2 * MT; v++)
             F::load(sl + (g + 8 * v) * F::STRIDE + ((it.lo[v] + s * F::NBYTES) & 15), tq, cur[v >> 1][v & 1]);
-        int xo[NK], moff[NK / 2];
-        float sg[NK / 2];
+        int xo[NK], moff[J];
+        float sg[J];
 #pragma unroll
-        for (int k = 0; k < NK; k++) xo[k] = (it.tb[k >> 1] * S + s) * 64 + (k & 1) * 32 + (g & 1) * 4 + tq;
+        for (int k = 0; k < NK; k++) {
+            const int L = Cols<NK>::bdigit(g, k);
+            xo[k] = (it.tb[k >> 1] * S + s) * 64 + (L >> 1) * 32 + (L & 1) * 4 + tq;
+        }
 #pragma unroll
-        for (int j = 0; j < NK / 2; j++) {
+        for (int j = 0; j < J; j++) {
             moff[j] = (it.td[j] * S + s) * G;
             sg[j] = __ldg(sig + it.td[j] * S + s);
         }
-        superblock<F, NK, MT>(cur, xb, xo, sg, mxs, moff, acc);
+        superblock<F, NK, MT>(cur, xb, xo, sg, mxs, moff, acc, tq);
         __syncwarp();                                    // the slot is refilled next
         if (++slot == F::NB) slot = 0;
         if (++s == S) {                                  // item done: every lane holds its members' sums
 #pragma unroll
-            for (int j = 0; j < NK / 2; j++) {
-                const bool wr = tq * (NK / 2) + j < it.nt;
+            for (int j = 0; j < J; j++) {
+                const bool wr = Cols<NK>::dmember(tq, j) < it.nt;
                 const long long ob = (long long)it.od[j] * R;
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-                    for (int rr = 0; rr < 2; rr++) {
-                        const int r = it.r0 + 16 * mt + 8 * rr;
+                    for (int rr = 0; rr < (NK > 1 ? 2 : 1); rr++) {
+                        const int r = it.r0 + 16 * mt + 8 * (NK > 1 ? rr : tq & 1);
                         if (wr && r < R) o[ob + r] = acc[mt][j][rr];
                         acc[mt][j][rr] = 0.f;
                     }
@@ -383,7 +408,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     cp_async_wait<0>();
 }
 
-// moe_mma1_<Q>: groups of up to 4 members (two MMAs per weight group); moe_mma_<Q>: up to 8 (four).
+// moe_mma<n>_<Q>: groups of up to n members (n/2 MMAs per weight group; one for n = 2).
 // grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
 // 4·NB·16·STRIDE (gpu_layout.mma_smem); item = (group, 16-row tile).
 #ifndef MMA_MINB
@@ -396,10 +421,12 @@ extern "C" __global__ void __launch_bounds__(128, MMA_MINB) NAME(               
         float* out2, int n_items, int per_warp) {                                                                \
     mma_rows<F, NK, MMA_MT>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);  \
 }
-MMA_ENTRY(moe_mma1_Q4_K, MQ4_K, 2)
-MMA_ENTRY(moe_mma_Q4_K, MQ4_K, 4)
-MMA_ENTRY(moe_mma1_Q6_K, MQ6_K, 2)
-MMA_ENTRY(moe_mma_Q6_K, MQ6_K, 4)
+MMA_ENTRY(moe_mma2_Q4_K, MQ4_K, 1)
+MMA_ENTRY(moe_mma4_Q4_K, MQ4_K, 2)
+MMA_ENTRY(moe_mma8_Q4_K, MQ4_K, 4)
+MMA_ENTRY(moe_mma2_Q6_K, MQ6_K, 1)
+MMA_ENTRY(moe_mma4_Q6_K, MQ6_K, 2)
+MMA_ENTRY(moe_mma8_Q6_K, MQ6_K, 4)
 
 // act(gate, up) of the tensor-core gate+up launch (the float kernels fuse it)
 extern "C" __global__ void act_rows(const float* g, const float* u, float* out, long long n, int act, float alpha,
