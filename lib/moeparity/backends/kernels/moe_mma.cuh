@@ -9,13 +9,13 @@
 // of mma.m16n8k32; b0 also serves as the k16 operand). A warp's 16-byte load of one MMA's fragments
 // then reads 128 contiguous bytes per member.
 //
-// moe_mma: work items are 16-row tiles (the MMA's M) of one group (an expert and ≤ 8 members);
+// moe_mma<n>: work items are MT 16-row tiles (the MMA's M) of one group (an expert and ≤ n members);
 // each warp streams a run of items superblock by superblock through its own cp.async ring in
 // shared memory. Lane (g, tq) = (lane/4, lane%4) reads its A fragment of rows g and g+8 from the
 // ring: elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of each 32 weights. Per weight group NK MMAs
-// (2 or 4) cover 2·NK members × 4 digits (see finish); the digit dots are scaled by the group's
-// integer scale into int32 sums, and per superblock each lane joins the four digit sums of each of
-// its (row, member) pairs into the exact int64 I. A warp holds a row's whole sum, so no reduction
+// (1, 2 or 4) cover max(2·NK, 2) members × 4 digits (see Cols); the digit dots are scaled by the
+// group's integer scale into int32 sums, and per superblock the lanes join the four digit sums of
+// each (row, member) pair into the exact int64 I. A warp holds a row's whole sum, so no reduction
 // order but intdot's exists.
 #pragma once
 #include "decode.cuh"
