@@ -272,7 +272,7 @@ __device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const 
     finish<F, NK, MT>(a, T, mxs, moff, sg, acc, tq);
 }
 
-// One work item: MT 16-row tiles of one group (≤ 2·NK members), as lane (g, tq) sees it.
+// One work item: MT 16-row tiles of one group (≤ max(2·NK, 2) members), as lane (g, tq) sees it.
 template <int NK, int MT>
 struct Item {
     unsigned lo[2 * MT];           // rows g + 8v: low address bits (where a slice starts in its aligned copy)
@@ -410,7 +410,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 
 // moe_mma<n>_<Q>: groups of up to n members (n/2 MMAs per weight group; one for n = 2).
 // grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
-// 4·NB·16·STRIDE (gpu_layout.mma_smem); item = (group, 16-row tile).
+// 4·NB·16·MT·STRIDE (gpu_layout.mma_smem); item = (group, MT 16-row tiles).
 #ifndef MMA_MINB
 #define MMA_MINB 2                 // blocks per SM the register budget is set for
 #endif
