@@ -3,8 +3,8 @@ variants of the single-member matvec kernels, timed like `bench gpu`, each check
 against emulated-cuda on 8 of the experts. Prints µs, % copy and the check.
 Usage: python benchmarks/gpu_tune.py 4,2,2,2,3/4,8,2,2,3[/NAME=VALUE…][/float] …
   (RPW,RT,NB,RPL,MINB of moe_matvec1 / of moe_matvec1n, then extra defines such as UNROLL_U=2;
-  `float`: the float kernels even where the tensor-core ones serve; `mma`: the tensor-core ones
-  even for one token; MMA_MT=n: 16-row tiles per tensor-core work item, MMA_NB_<Q>=n: their ring depth)
+  `float`: the float kernels even where the tensor-core ones serve; MMA_NB_<Q>=n: the tensor-core
+  kernels' ring depth; MMA_MINB_<MT>=n: their blocks per SM, by tiles per item)
 Env TOKENS="1 8": token counts of the full-layer sweep.
 """
 import os
@@ -24,12 +24,9 @@ emu = backends.get("emulated-cuda")
 serves = intdot.serves
 bw = None
 for spec in sys.argv[1:] or ["4,2,2,2,3/4,8,2,2,3"]:
-    parts = [p for p in spec.split("/") if p not in ("float", "mma")]
-    intdot.serves = ((lambda *a: False) if "float" in spec.split("/") else
-                     (lambda n, a, t: a == "f32" and n in intdot.GROUP) if "mma" in spec.split("/") else serves)
+    parts = [p for p in spec.split("/") if p != "float"]
+    intdot.serves = (lambda *a: False) if "float" in spec.split("/") else serves
     (a, b, c, d, ma), (e, f, g, h, mb) = ([int(v) for v in half.split(",")] for half in parts[:2])
-    L.MMA_MT = int(next((p.split("=")[1] for p in parts if p.startswith("MMA_MT=")), 1))
-    parts = [p for p in parts if not p.startswith("MMA_MT=")]
     be = CudaBackend(defines=("-DONLY", f"-DSHAPE_1={a},{b},{c},{d}", f"-DMINB_1={ma}",
                               f"-DSHAPE_1N={e},{f},{g},{h}", f"-DMINB_1N={mb}") + tuple(f"-D{x}" for x in parts[2:]))
     bw = bw or copy_bandwidth(be.cp)
@@ -37,7 +34,7 @@ for spec in sys.argv[1:] or ["4,2,2,2,3/4,8,2,2,3"]:
     for p in parts[2:]:                                    # ring depths of the tensor-core kernels
         if p.startswith("MMA_NB_"):
             q, nb = p[len("MMA_NB_"):].split("=")
-            L.MMA_RING[q] = (int(nb), L.MMA_RING[q][1])
+            L.MMA_RING[q] = int(nb)
     line = [spec]
     for q in ("Q4_K", "Q6_K"):
         qt = QTYPES[q]

@@ -29,7 +29,7 @@ def test_gpu_vs_oracle_cpu_and_emulation(gpu, qtype, ntok, rng):
         w = (rng.standard_t(5, size=(5, n_out, n_in)) * 0.05).astype(np.float32)
         T = QTensor.from_weights(f"blk.{ntok}.ffn_up_exps.weight", w, qtype)
         x = rng.standard_normal((ntok, n_in)).astype(np.float32)
-        # one token: distinct experts, so the single-member kernels (moe_matvec1[n]) serve it
+        # one token: distinct experts (the single-member kernels moe_matvec1[n], or moe_mma2_* for Q4_K/Q6_K)
         ids = rng.choice(5, size=(1, 3), replace=False) if ntok == 1 else rng.integers(0, 5, size=(ntok, 3))
         y = gpu.moe_matvec(T, ids, x)
         yo, mag = backends.get("oracle").moe_matvec(T, ids, x, magnitude=True)
@@ -87,7 +87,7 @@ def test_streaming_uploads_only_selected_experts(tiny, gpu):
 @pytest.mark.parametrize("ntok", [1, 2])
 def test_many_experts_multi_row_warps(gpu, qtype, ntok, rng):
     """128 experts × 520 rows (a last block whose rows run past R), rows of 768 (Q6_K rows that are
-    not 16-byte aligned); 1 token takes the 4-rows-per-warp single-member kernel."""
+    not 16-byte aligned); 1 token takes the single-member kernels (Q4_K/Q6_K: moe_mma2_*)."""
     E, R, n_in = 128, 520, 768
     w = (rng.standard_normal((E, R, n_in)) * 0.05).astype(np.float32)
     T = QTensor.from_weights("big", w, qtype)

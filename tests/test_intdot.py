@@ -114,19 +114,20 @@ def test_within_float32_bound_of_oracle_with_outliers(qtype, rng):
     assert np.abs(y - yo).max() > 0                               # not vacuous: it does round
 
 
-def test_dispatch_single_member_float_else_integer(rng):
-    """One member per expert → the float kernels' arithmetic; two or more → intdot's."""
+def test_dispatch_f32_integer_q8_1_float(rng):
+    """Q4_K/Q6_K in f32 mode take intdot's arithmetic for any number of members (one token too);
+    q8_1 mode and other formats keep the float kernels' arithmetic."""
     qt, n, R = QTYPES["Q4_K"], 512, 16
     T = QTensor.from_weights("t", (rng.standard_normal((2, R, n)) * 0.05).astype(F32), "Q4_K")
     x = rng.standard_normal((2, n)).astype(F32)
     em = backends.get("emulated-cuda")
     raw = np.asarray(T.expert(1)).reshape(R, -1)
-    both = em.moe_matvec(T, np.array([[1], [1]]), x)             # expert 1 has two members
-    assert np.array_equal(both[:, 0], intdot.matvec(raw, "Q4_K", x))
-    one = em.moe_matvec(T, np.array([[1], [0]]), x)              # one member each
-    assert not np.array_equal(one[0, 0], both[0, 0])             # the float kernels' rounding differs
-    assert intdot.serves("Q4_K", "f32", 2) and not intdot.serves("Q4_K", "f32", 1)
-    assert not intdot.serves("Q4_K", "q8_1", 8) and not intdot.serves("Q5_K", "f32", 8)
+    for ids in (np.array([[1], [1]]), np.array([[1], [0]])):     # two members, then one each
+        assert np.array_equal(em.moe_matvec(T, ids, x)[0, 0], intdot.matvec(raw, "Q4_K", x[:1])[0])
+    q = em.moe_matvec(T, np.array([[1], [0]]), x, act="q8_1")
+    assert not np.array_equal(q[0, 0], intdot.matvec(raw, "Q4_K", x[:1])[0])
+    assert intdot.serves("Q4_K", "f32") and intdot.serves("Q6_K", "f32")
+    assert not intdot.serves("Q4_K", "q8_1") and not intdot.serves("Q5_K", "f32")
     assert qt.name in intdot.GROUP
 
 
@@ -135,15 +136,13 @@ def test_kernel_constants_match_intdot():
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     d = {m.group(1): m.group(2) for m in re.finditer(r"^#define (\w+) \(?(-?\d+)\)?", src, re.M)}
     assert (int(d["MMA_XBITS"]), int(d["MMA_EMIN"])) == (intdot.XBITS, intdot.EMIN)
-    for name, (nb, stride) in L.MMA_RING.items():
+    for name, nb in L.MMA_RING.items():
         qt = QTYPES[name]
-        row = re.search(rf"struct M{name} {{\s*static constexpr int NBYTES = (\d+), GS = (\d+), CH = (\d+), "
-                        rf"STRIDE = (\d+), NB = MMA_NB_{name};", src)
-        nbytes, gs, ch, st = (int(v) for v in row.groups())
-        assert (nbytes, gs, st, int(d[f"MMA_NB_{name}"])) == (qt.nbytes, intdot.GROUP[name], stride, nb)
-        worst = 0 if nbytes % 16 == 0 else 14                     # where a 2-byte-aligned slice may start
-        assert worst + nbytes <= 16 * ch <= stride
-        assert (stride // 4) % 8 == 4                              # 8 row slices hit 8 distinct bank quads
+        row = re.search(rf"struct M{name} {{\s*static constexpr int NBYTES = (\d+), GS = (\d+), NB = MMA_NB_{name};", src)
+        nbytes, gs = (int(v) for v in row.groups())
+        assert (nbytes, gs, int(d[f"MMA_NB_{name}"])) == (qt.nbytes, intdot.GROUP[name], nb)
+    assert "__launch_bounds__(128, MMA_MINB_##MT)" in src and L.MMA_WARPS * 32 == 128
+    assert int(d["MMA_TILE"]) == L.MMA_TILE and all(L.MMA_TILE % (16 * mt) == 0 for mt in L.MMA_MT.values())
     assert re.search(r"return act == \"f32\" and name in GROUP", open(intdot.__file__).read())
 
 
@@ -152,7 +151,7 @@ def test_tensor_core_entry_points_exist():
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     for q in intdot.GROUP:
         for n in L.MMA_MEMBERS:                                    # n/2 MMAs of two members (n = 2: one)
-            assert f"MMA_ENTRY(moe_mma{n}_{q}, M{q}, {max(n // 2, 1)})" in src
+            assert f"MMA_ENTRY(moe_mma{n}_{q}, M{q}, {max(n // 2, 1)}, {L.MMA_MT[n]})" in src
     assert 'void __launch_bounds__(256) x_fixed(' in src and "void act_rows(" in src
     assert L.MMA_MEMBERS == (2, 4, 8)
     assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()

@@ -51,8 +51,7 @@ class CudaBackend(Backend):
         self.cp = cp
         self.label = f"cuda ({props['name'].decode() if isinstance(props['name'], bytes) else props['name']})"
         src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
-        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}", f"-DMMA_MT={L.MMA_MT}")
-                                   + tuple(defines))
+        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",) + tuple(defines))
         self.sm_count = int(props["multiProcessorCount"])
         self.regs_per_sm, self.smem_per_sm = int(props["regsPerMultiprocessor"]), int(props["sharedMemPerMultiprocessor"])
         super().__init__()
@@ -120,8 +119,9 @@ class Launch:
     Ws: device weights of the experts used, (n_experts_used, R, row_bytes) each, in the order of
     gpu_layout.layout(ids)'s experts, or (in_place) whole tensors read at the experts' own ids;
     one tensor → moe_matvec*, two (gate, up) → moe_gate_up*; or, where intdot.serves (Q4_K/Q6_K,
-    f32, an expert with ≥ 2 members), x_fixed + moe_mma*(+ act_rows for gate, up): `steps`.
-    The benchmark times these calls; the backend makes one per matvec.
+    f32), x_fixed + moe_mma*(+ act_rows for gate, up): `steps`, after `prep` (run here, once:
+    mma_tiles copies the experts' weights into the tensor-core kernels' layout, as an upload would).
+    The benchmark times the calls (and prep on its own); the backend makes one per matvec.
     """
 
     def __init__(self, be, qt, Ws, R, n_in, ids, X, act="f32", kind="silu", alpha=0.0, limit=0.0, in_place=False):
@@ -134,24 +134,33 @@ class Launch:
         o = self.outs
         hexp = experts if in_place else np.arange(len(experts))      # which weight slab each group reads
         row_bytes = n_in // qt.block * qt.nbytes
-        groups = (cp.asarray(start), cp.asarray(mx), cp.asarray(mo))
-        self.steps = []
+        groups = (cp.asarray(start), cp.asarray(mx), cp.asarray(mo))       # (start: the float kernels only)
+        self.steps, self.prep = [], []
         tcap = L.tcap_of(start)
-        if intdot.serves(qt.name, act, tcap):
-            # tensor cores: activations to fixed point, then one launch (gate and up: grid y), then act
+        if intdot.serves(qt.name, act):
+            # tensor cores: weights into their tiled layout (once, like an upload), then per call
+            # activations to fixed point, one launch (gate and up: grid y), then act
+            es = L.mma_tiled_bytes(qt, R, n_in)
+            src = cp.asarray(hexp, dtype=cp.int32)
+            Wt = [cp.empty(len(hexp) * es, cp.uint8) for _ in Ws]
+            self.prep = [(be.module.get_function("mma_tiles"), (be.sm_count * 8,), (256,), 0,
+                          (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(qt.nbytes), D,
+                           np.int64(D.size // 2))) for W, D in zip(Ws, Wt)]
+            self.run(self.prep)
             gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
             dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
             self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
-            gx, gs0 = L.member_chunks(hexp, start, L.MMA_MEMBERS[-1])
+            gx, gs0 = L.member_chunks(np.arange(len(hexp)), start, L.MMA_MEMBERS[-1])
             most = np.diff(gs0).max(initial=1)
-            fn = be.module.get_function(f"moe_mma{next(m for m in L.MMA_MEMBERS if m >= most)}_{qt.name}")
-            smem = L.mma_smem(qt.name)
+            members = next(m for m in L.MMA_MEMBERS if m >= most)
+            fn = be.module.get_function(f"moe_mma{members}_{qt.name}")
+            smem = L.mma_smem(qt, members)
             fn.max_dynamic_shared_size_bytes = smem
-            n_items = (len(gs0) - 1) * -(-R // (16 * L.MMA_MT))
-            per_warp = -(-n_items // (be.sm_count * 4 * be.occupancy(fn, 128, smem)))
-            self.steps.append((fn, (-(-n_items // (4 * per_warp)), nw), (128,), smem,
-                               (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
+            n_items = (len(gs0) - 1) * -(-R // (16 * L.MMA_MT[members]))
+            per_warp = -(-n_items // (be.sm_count * L.MMA_WARPS * be.occupancy(fn, 32 * L.MMA_WARPS, smem)))
+            self.steps.append((fn, (-(-n_items // (L.MMA_WARPS * per_warp)), nw), (32 * L.MMA_WARPS,), smem,
+                               (Wt[0], Wt[-1], np.int64(es), np.int32(R), np.int32(n_in),
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *groups[1:], dig, sig, mxs,
                                 o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp))))
             if nw == 2:
@@ -171,5 +180,9 @@ class Launch:
                             np.int32(mode), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit), np.int32(cw))))
 
     def __call__(self):
-        for fn, grid, block, smem, args in self.steps:
+        self.run(self.steps)
+
+    @staticmethod
+    def run(steps):
+        for fn, grid, block, smem, args in steps:
             fn(grid, block, args, shared_mem=smem)

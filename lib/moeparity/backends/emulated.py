@@ -1,7 +1,7 @@
 """emulated-cuda: the CUDA kernels' algorithm on the CPU, for machines without a GPU.
 
-Launches the tensor-core kernels serve (Q4_K/Q6_K, f32 mode, an expert with two or more members:
-intdot.serves) are emulated by intdot.py; everything else by the float kernels' algorithm below.
+Launches the tensor-core kernels serve (Q4_K/Q6_K in f32 mode: intdot.serves) are emulated by
+intdot.py; everything else by the float kernels' algorithm below.
 
 Same factorised weights (quant/dequant.py's parts8: q, dl, ml per 8 weights, in the kernels'
 encoding: kernel_parts), same x staging (group sums Σx in the same order, q8_1 block sums), same
@@ -125,7 +125,7 @@ class EmulatedCudaBackend(Backend):
         T, k = ids.shape
         X = np.ascontiguousarray(xb.reshape(T * k, -1), F32)
         tcap = L.tcap_of(L.layout(ids, True)[1])
-        if intdot.serves(qt.name, act, tcap):               # the tensor-core kernels (intdot.py)
+        if intdot.serves(qt.name, act):               # the tensor-core kernels (intdot.py)
             def rows(e, sel):
                 return intdot.matvec(np.asarray(tensor.expert(int(e))).reshape(tensor.n_out, -1), qt.name, X[sel])
         else:

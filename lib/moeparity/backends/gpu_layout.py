@@ -27,16 +27,23 @@ USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kern
 
 
 # Tensor-core kernels (kernels/moe_mma.cuh): moe_mma<n>_* serves groups of at most n members (n/2 MMAs
-# per weight group, one for n = 2; larger groups are split); per format the shared ring of each of a
-# block's 4 warps: depth and bytes per row slice (MMA_NB_*, STRIDE there).
+# per weight group, one for n = 2; larger groups are split) with MMA_MT[n] 16-row tiles per work
+# item; weights in mma_tiles' layout (tiles of MMA_TILE rows); per format the depth of each warp's
+# shared ring (MMA_NB_* there). A block is MMA_WARPS warps.
 MMA_MEMBERS = (2, 4, 8)
-MMA_MT = 2           # 16-row tiles per work item (they share the activation loads); cuda.py passes it
-MMA_RING = {"Q4_K": (3, 144), "Q6_K": (2, 240)}
+MMA_MT = {2: 1, 4: 2, 8: 2}
+MMA_TILE = 32
+MMA_RING = {"Q4_K": 3, "Q6_K": 2}
+MMA_WARPS = 4
 
 
-def mma_smem(name: str) -> int:
-    nb, stride = MMA_RING[name]
-    return 4 * nb * 16 * MMA_MT * stride
+def mma_smem(qt, members: int) -> int:
+    return MMA_WARPS * MMA_RING[qt.name] * 16 * MMA_MT[members] * qt.nbytes
+
+
+def mma_tiled_bytes(qt, R: int, n_in: int) -> int:
+    """Bytes of one expert in mma_tiles' layout: whole tiles of MMA_TILE rows (the last padded)."""
+    return -(-R // MMA_TILE) * MMA_TILE * (n_in // qt.block) * qt.nbytes
 
 
 def member_chunks(gexp: np.ndarray, start: np.ndarray, most: int):

@@ -9,6 +9,12 @@
 // of mma.m16n8k32; b0 also serves as the k16 operand). A warp's 16-byte load of one MMA's fragments
 // then reads 128 contiguous bytes per member.
 //
+// mma_tiles copies the experts' weights into the kernels' layout: per expert, per tile of
+// MMA_TILE rows, per superblock s, the tile rows' s-th blocks back to back (rows past R: zeros).
+// A stage of a warp's ring (16 or 32 rows of one superblock) is then one contiguous read; in the
+// file's row-major order it was one read per row at the row stride, which the H100 served 10–20 %
+// slower (session 5).
+//
 // moe_mma<n>: work items are MT 16-row tiles (the MMA's M) of one group (an expert and ≤ n members);
 // each warp streams a run of items superblock by superblock through its own cp.async ring in
 // shared memory. Lane (g, tq) = (lane/4, lane%4) reads its A fragment of rows g and g+8 from the
@@ -23,6 +29,26 @@
 
 #define MMA_XBITS 30               // intdot.XBITS
 #define MMA_EMIN (-96)             // intdot.EMIN
+
+#define MMA_TILE 32                // rows per tile of mma_tiles' layout (gpu_layout.MMA_TILE)
+
+// grid-stride over the output's 2-byte words (blocks are 2-byte aligned); experts: source slabs
+extern "C" __global__ void mma_tiles(const unsigned short* __restrict__ W, const int* __restrict__ experts,
+                                     long long es, int R, int row_bytes, int nbytes, unsigned short* __restrict__ out,
+                                     long long n_out) {
+    constexpr int RI = MMA_TILE;
+    const int hw = nbytes / 2, S = row_bytes / nbytes, tiles = (R + RI - 1) / RI;
+    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += (long long)gridDim.x * blockDim.x) {
+        long long q = o / hw;
+        const int k = (int)(o % hw), p = (int)(q % RI);
+        q /= RI;
+        const int sb = (int)(q % S);
+        q /= S;
+        const int r = (int)(q % tiles) * RI + p;
+        const long long e = experts[q / tiles];
+        out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * nbytes) / 2 + k] : (unsigned short)0;
+    }
+}
 
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }   // e in [-126, 127]
 
@@ -79,14 +105,11 @@ __device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) 
 #ifndef MMA_NB_Q6_K
 #define MMA_NB_Q6_K 2
 #endif
-#ifndef MMA_MT
-#define MMA_MT 1                   // 16-row tiles per work item (gpu_layout.MMA_MT): they share B loads
-#endif
-// NBYTES, GS (weights per scale group), CH (16-byte copies per row slice, alignment slack included),
-// STRIDE (bytes per row slice in the ring: STRIDE/4 ≡ 4 mod 8, so the 8 rows a warp instruction
-// reads start in 8 distinct groups of 4 banks), NB (ring depth).
+// NBYTES, GS (weights per scale group), NB (ring depth). A ring slot holds a tile's superblock as
+// mma_tiles laid it out: row p at p·NBYTES (Q4_K: 144/4 ≡ 4 mod 8, so the 8 rows a warp
+// instruction reads start in 8 distinct groups of 4 banks).
 struct MQ4_K {
-    static constexpr int NBYTES = 144, GS = 32, CH = 9, STRIDE = 144, NB = MMA_NB_Q4_K;
+    static constexpr int NBYTES = 144, GS = 32, NB = MMA_NB_Q4_K;
     struct Raw { uint4 h; unsigned w[4][2]; };                 // header; chunk c's words at 4tq, 16+4tq
     __device__ static void load(const u8* blk, int tq, Raw& r) {
         r.h = *(const uint4*)blk;
@@ -106,7 +129,7 @@ struct MQ4_K {
     __device__ static float dm(const Raw& r) { return __half2float(__ushort_as_half((unsigned short)(r.h.x >> 16))); }
 };
 struct MQ6_K {
-    static constexpr int NBYTES = 210, GS = 16, CH = 14, STRIDE = 240, NB = MMA_NB_Q6_K;
+    static constexpr int NBYTES = 210, GS = 16, NB = MMA_NB_Q6_K;
     struct Raw { unsigned ql[2][4], qh[2][2], sc[4]; unsigned short d; };
     __device__ static void load(const u8* blk, int tq, Raw& r) {           // blocks are 2-byte aligned
 #pragma unroll
@@ -275,22 +298,14 @@ __device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const 
 // One work item: MT 16-row tiles of one group (≤ max(2·NK, 2) members), as lane (g, tq) sees it.
 template <int NK, int MT>
 struct Item {
-    unsigned lo[2 * MT];           // rows g + 8v: low address bits (where a slice starts in its aligned copy)
     int r0, nt, tb[Cols<NK>::J], td[Cols<NK>::J], od[Cols<NK>::J];
 };
 template <int NK, int MT>
-__device__ __forceinline__ Item<NK, MT> item(int i, int tpg, const u8* W, long long es, int R, int row_bytes,
-                                             const int* __restrict__ gexp, const int* __restrict__ gstart,
-                                             const int* __restrict__ mx, const int* __restrict__ mo, int g, int tq) {
+__device__ __forceinline__ Item<NK, MT> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
+                                             const int* __restrict__ mo, int g, int tq) {
     Item<NK, MT> it;
     const int grp = i / tpg, m0 = gstart[grp];
-    const u8* base = W + (long long)gexp[grp] * es;
     it.r0 = (i % tpg) * 16 * MT + g;
-#pragma unroll
-    for (int v = 0; v < 2 * MT; v++) {
-        const int r = it.r0 + 8 * v;
-        it.lo[v] = (unsigned)(size_t)(base + (long long)(r < R ? r : 0) * row_bytes);
-    }
     it.nt = gstart[grp + 1] - m0;
 #pragma unroll
     for (int j = 0; j < Cols<NK>::J; j++) {             // B column's member, D's members (clamped)
@@ -303,18 +318,19 @@ __device__ __forceinline__ Item<NK, MT> item(int i, int tpg, const u8* W, long l
 }
 
 // Warp wg streams items [wg·per_warp, …) superblock by superblock through an NB-deep ring of
-// shared buffers (16·MT row slices each, cp.async), so NB-1 superblocks are in flight while one
-// is computed. Warps share nothing. The copies a lane issues per superblock are fixed (copy c: 16
-// bytes at chunk (lane+32c) % CH of row slice (lane+32c) / CH), so per item only their row
-// offsets are worked out; one warp instruction copies whole row slices of 2–4 consecutive rows.
+// shared buffers (an item's superblock each: 16·MT·NBYTES contiguous bytes of mma_tiles' layout,
+// copied by cp.async in 16-byte pieces), so NB-1 superblocks are in flight while one is computed.
+// Warps share nothing.
 template <class F, int NK, int MT>
-__device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int row_bytes,
-                         int n_in, const int* __restrict__ gexp, const int* __restrict__ gstart,
-                         const int* __restrict__ mx, const int* __restrict__ mo, const uint4* __restrict__ xb,
-                         const float* __restrict__ sig, const float* __restrict__ mxs, float* __restrict__ out,
-                         float* __restrict__ out2, int n_items, int per_warp) {
+__device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int n_in,
+                         const int* __restrict__ gexp, const int* __restrict__ gstart, const int* __restrict__ mx,
+                         const int* __restrict__ mo, const uint4* __restrict__ xb, const float* __restrict__ sig,
+                         const float* __restrict__ mxs, float* __restrict__ out, float* __restrict__ out2, int n_items,
+                         int per_warp) {
     extern __shared__ __align__(16) unsigned char ring[];
-    constexpr int RI = 16 * MT, NC = (RI * F::CH + 31) / 32, SLOT = RI * F::STRIDE;
+    constexpr int RI = 16 * MT, SLOT = RI * F::NBYTES, NP = SLOT / 16, NC = (NP + 31) / 32;
+    constexpr long long LS = MMA_TILE * F::NBYTES;      // a layout tile's superblock
+    static_assert(SLOT % 16 == 0 && MMA_TILE % RI == 0, "an item is whole 16-byte pieces of one layout tile");
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
     if (i0 >= i1) return;
@@ -322,31 +338,20 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     const u8* Wz = blockIdx.y ? W2 : W;                  // y = 1: the up tensor of gate+up
     float* o = blockIdx.y ? out2 : out;
     u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * SLOT;
-    // the fetch cursor: item fi, superblock fs, ring slot fslot; fb + foff[c]: copy c's row start
+    // the fetch cursor: item fi, superblock fs, ring slot fslot; fb: the item's rows in superblock 0
     int fi = i0, fs = 0, fslot = 0;
     const u8* fb;
-    unsigned foff[NC];
     auto fitem = [&](int i) {
-        const int grp = i / tpg, tile = i % tpg;
-        const size_t b = (size_t)(Wz + (long long)gexp[grp] * es);
-        fb = (const u8*)(b & ~(size_t)15);
-#pragma unroll
-        for (int c = 0; c < NC; c++) {
-            const int r = tile * RI + min((lane + 32 * c) / F::CH, RI - 1);
-            foff[c] = (unsigned)(b & 15) + (unsigned)(r < R ? r : 0) * (unsigned)row_bytes;
-        }
+        const int r0 = (i % tpg) * RI;
+        fb = Wz + (long long)gexp[i / tpg] * es + (long long)(r0 / MMA_TILE) * S * LS + (r0 % MMA_TILE) * F::NBYTES;
     };
     auto fetch = [&]() {
         if (fi < i1) {
-            u8* dst = my + fslot * SLOT;
-            const unsigned so = (unsigned)fs * F::NBYTES;
+            u8* dst = my + fslot * SLOT + 16 * lane;
+            const u8* src = fb + fs * LS + 16 * lane;
 #pragma unroll
-            for (int c = 0; c < NC; c++) {
-                const int idx = lane + 32 * c;
-                if (32 * NC == RI * F::CH || idx < RI * F::CH)
-                    cp_async16(dst + (idx / F::CH) * F::STRIDE + 16 * (idx % F::CH),
-                               fb + ((foff[c] + so) & ~15u) + 16 * (idx % F::CH));
-            }
+            for (int c = 0; c < NC; c++)
+                if (32 * NC == NP || lane + 32 * c < NP) cp_async16(dst + 512 * c, src + 512 * c);
             if (++fs == S) { fs = 0; if (++fi < i1) fitem(fi); }
             if (++fslot == F::NB) fslot = 0;
         }
@@ -355,7 +360,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     fitem(i0);
 #pragma unroll
     for (int j = 0; j < F::NB - 1; j++) fetch();
-    Item<NK, MT> it = item<NK, MT>(i0, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
+    Item<NK, MT> it = item<NK, MT>(i0, tpg, gstart, mx, mo, g, tq);
     constexpr int J = Cols<NK>::J;
     float acc[MT][J][2];
 #pragma unroll
@@ -370,7 +375,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         typename F::Raw cur[MT][2];
 #pragma unroll
         for (int v = 0; v < 2 * MT; v++)
-            F::load(sl + (g + 8 * v) * F::STRIDE + ((it.lo[v] + s * F::NBYTES) & 15), tq, cur[v >> 1][v & 1]);
+            F::load(sl + (g + 8 * v) * F::NBYTES, tq, cur[v >> 1][v & 1]);
         int xo[NK], moff[J];
         float sg[J];
 #pragma unroll
@@ -402,31 +407,37 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 }
             }
             s = 0;
-            if (++i < i1) it = item<NK, MT>(i, tpg, Wz, es, R, row_bytes, gexp, gstart, mx, mo, g, tq);
+            if (++i < i1) it = item<NK, MT>(i, tpg, gstart, mx, mo, g, tq);
         }
     }
     cp_async_wait<0>();
 }
 
-// moe_mma<n>_<Q>: groups of up to n members (n/2 MMAs per weight group; one for n = 2).
+// moe_mma<n>_<Q>: groups of up to n members (n/2 MMAs per weight group; one for n = 2), MT tiles
+// per item (gpu_layout.MMA_MT[n]), MINB blocks per SM the register budget is set for.
 // grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
-// 4·NB·16·MT·STRIDE (gpu_layout.mma_smem); item = (group, MT 16-row tiles).
-#ifndef MMA_MINB
-#define MMA_MINB 2                 // blocks per SM the register budget is set for
+// 4·NB·16·MT·NBYTES (gpu_layout.mma_smem); item = (group, MT 16-row tiles); W, W2 in mma_tiles'
+// layout, es its expert stride. Measured (H100, session 5): one or two members run best with more
+// warps (MT 1, 4 blocks), eight with the activation loads shared by two tiles (MT 2, 2 blocks).
+#ifndef MMA_MINB_1
+#define MMA_MINB_1 4
 #endif
-#define MMA_ENTRY(NAME, F, NK)                                                                                   \
-extern "C" __global__ void __launch_bounds__(128, MMA_MINB) NAME(                                                        \
-        const u8* W, const u8* W2, long long es, int R, int rb, int n_in, const int* gexp, const int* gstart,    \
+#ifndef MMA_MINB_2
+#define MMA_MINB_2 2
+#endif
+#define MMA_ENTRY(NAME, F, NK, MT)                                                                               \
+extern "C" __global__ void __launch_bounds__(128, MMA_MINB_##MT) NAME(                                          \
+        const u8* W, const u8* W2, long long es, int R, int n_in, const int* gexp, const int* gstart,            \
         const int* mx, const int* mo, const uint4* xb, const float* sig, const float* mxs, float* out,           \
         float* out2, int n_items, int per_warp) {                                                                \
-    mma_rows<F, NK, MMA_MT>(W, W2, es, R, rb, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);  \
+    mma_rows<F, NK, MT>(W, W2, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);   \
 }
-MMA_ENTRY(moe_mma2_Q4_K, MQ4_K, 1)
-MMA_ENTRY(moe_mma4_Q4_K, MQ4_K, 2)
-MMA_ENTRY(moe_mma8_Q4_K, MQ4_K, 4)
-MMA_ENTRY(moe_mma2_Q6_K, MQ6_K, 1)
-MMA_ENTRY(moe_mma4_Q6_K, MQ6_K, 2)
-MMA_ENTRY(moe_mma8_Q6_K, MQ6_K, 4)
+MMA_ENTRY(moe_mma2_Q4_K, MQ4_K, 1, 1)
+MMA_ENTRY(moe_mma4_Q4_K, MQ4_K, 2, 2)
+MMA_ENTRY(moe_mma8_Q4_K, MQ4_K, 4, 2)
+MMA_ENTRY(moe_mma2_Q6_K, MQ6_K, 1, 1)
+MMA_ENTRY(moe_mma4_Q6_K, MQ6_K, 2, 2)
+MMA_ENTRY(moe_mma8_Q6_K, MQ6_K, 4, 2)
 
 // act(gate, up) of the tensor-core gate+up launch (the float kernels fuse it)
 extern "C" __global__ void act_rows(const float* g, const float* u, float* out, long long n, int act, float alpha,
