@@ -147,7 +147,7 @@ class _Case:
     def prep_time(self) -> float:
         """GPU time of the launch's one-time preparation (the tensor-core layout copy), 0 if none."""
         prep = self.launch.prep
-        return timed(self.cp, lambda: Launch.run(prep), repeat=5) if prep else 0.0
+        return timed(self.cp, lambda: self.launch.run(prep), repeat=5) if prep else 0.0
 
     def baseline(self):
         """Dequantise the experts used to float32, then one batched cuBLAS matmul."""

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import NoDevice
 from ..qtypes import QTYPES
 from . import gpu_layout as L
-from . import intdot
+from . import intdot, pdl
 from .base import Backend, check_shapes
 from .streaming import ExpertUploader
 
@@ -125,7 +125,7 @@ class Launch:
     """
 
     def __init__(self, be, qt, Ws, R, n_in, ids, X, act="f32", kind="silu", alpha=0.0, limit=0.0, in_place=False):
-        cp = be.cp
+        cp = self.cp = be.cp
         T, k = ids.shape
         experts, start, mx, mo = L.layout(ids, X.shape[0] == T)
         self.n_experts = len(experts)
@@ -149,8 +149,8 @@ class Launch:
             self.run(self.prep)
             gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
             dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
-            self.steps.append((be.module.get_function("x_fixed"), (S, n), (256,), 0,
-                               (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), dig, sig, mxs)))
+            self.steps.append((be.module.get_function("x_fixed"), (-(-n * S // 8),), (256,), 0,
+                               (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), np.int32(n), dig, sig, mxs)))
             gx, gs0 = L.member_chunks(np.arange(len(hexp)), start, L.MMA_MEMBERS[-1])
             most = np.diff(gs0).max(initial=1)
             members = next(m for m in L.MMA_MEMBERS if m >= most)
@@ -162,7 +162,7 @@ class Launch:
             self.steps.append((fn, (-(-n_items // (L.MMA_WARPS * per_warp)), nw), (32 * L.MMA_WARPS,), smem,
                                (Wt[0], Wt[-1], np.int64(es), np.int32(R), np.int32(n_in),
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *groups[1:], dig, sig, mxs,
-                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp))))
+                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp)), "pdl"))
             if nw == 2:
                 N = T * k * R
                 self.steps.append((be.module.get_function("act_rows"), (-(-N // 256),), (256,), 0,
@@ -182,7 +182,9 @@ class Launch:
     def __call__(self):
         self.run(self.steps)
 
-    @staticmethod
-    def run(steps):
-        for fn, grid, block, smem, args in steps:
-            fn(grid, block, args, shared_mem=smem)
+    def run(self, steps):
+        for fn, grid, block, smem, args, *how in steps:
+            if how:                                  # the tensor-core matvec, after x_fixed
+                pdl.launch(self.cp, fn, grid, block, args, smem)
+            else:
+                fn(grid, block, args, shared_mem=smem)

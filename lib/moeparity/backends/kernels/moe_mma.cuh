@@ -52,38 +52,71 @@ extern "C" __global__ void mma_tiles(const unsigned short* __restrict__ W, const
 
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }   // e in [-126, 127]
 
-// One 256-value superblock of one activation row per block of 256 threads.
-extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restrict__ X, int n_in, int gs,
+// Programmatic dependent launch (cuda.py launches moe_mma* so, backends/pdl.py): x_fixed lets the
+// matvec start at once, and the matvec waits for x_fixed's output only after its first weight
+// copies are in flight. Without such a launch both instructions are no-ops.
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// One warp per 256-value superblock s of activation row t (8 per block of 256 threads). Lane
+// (b, tq) = (lane/4, lane%4) converts elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of 32-block b: the
+// two 4-byte words of each digit L that its B-fragment slot holds, stored as one 8-byte write.
+extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restrict__ X, int n_in, int gs, int n_rows,
                                                           u8* __restrict__ dig, float* __restrict__ sig,
                                                           float* __restrict__ mxs) {
-    const int s = blockIdx.x, t = blockIdx.y, j = threadIdx.x, S = n_in / 256;
-    __shared__ float wmax[8];
-    const float v = X[(long long)t * n_in + s * 256 + j];
-    const bool bad = __syncthreads_or(!isfinite(v));
-    float m = bad ? 0.f : fabsf(v);
-    for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (j % 32 == 0) wmax[j / 32] = m;
-    __syncthreads();
-    m = wmax[0];
-    for (int k = 1; k < 8; k++) m = fmaxf(m, wmax[k]);
-    int E;
-    frexpf(m, &E);
-    E = max(E, MMA_EMIN);
-    const int xi = bad ? 0 : __float2int_rn(v * pow2f(MMA_XBITS - E));
-    const float sg = bad ? __int_as_float(0x7fc00000) : pow2f(E - MMA_XBITS);
-    const int l = j % 32, tq = (l % 16) / 4, h = l / 16;
-    u8* o = dig + ((long long)t * S + s) * 1024 + (j / 64) * 128 + tq * 16 + (j / 32 % 2) * 8 + h * 4 + l % 4;
-    int r = xi;
+    pdl_trigger();
+    const int S = n_in / 256, w = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32, b = lane / 4, tq = lane % 4;
+    if (w >= n_rows * S) return;
+    const int t = w / S, s = w % S;
+    const float* xs = X + (long long)t * n_in + s * 256 + 32 * b + 4 * tq;
+    const float4 v0 = *(const float4*)xs, v1 = *(const float4*)(xs + 16);
+    const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    bool fin = true;
+    float m = 0.f;
 #pragma unroll
-    for (int L = 0; L < 4; L++) {
-        const int dd = ((r + 128) & 255) - 128;
-        o[(L >> 1) * 512 + (L & 1) * 64] = (u8)dd;
-        r = (r - dd) >> 8;
+    for (int k = 0; k < 8; k++) { fin = fin && isfinite(v[k]); m = fmaxf(m, fabsf(v[k])); }
+    const bool bad = __any_sync(0xffffffffu, !fin);
+    for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    int E;
+    frexpf(bad ? 0.f : m, &E);
+    E = max(E, MMA_EMIN);
+    const float up = pow2f(MMA_XBITS - E), sg = bad ? __int_as_float(0x7fc00000) : pow2f(E - MMA_XBITS);
+    unsigned wd[4][2] = {};
+    long long sum[2] = {0, 0};
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        int r = bad ? 0 : __float2int_rn(v[k] * up);
+        sum[k / 4] += r;
+#pragma unroll
+        for (int L = 0; L < 4; L++) {
+            const int dd = ((r + 128) & 255) - 128;
+            wd[L][k / 4] |= (unsigned)(dd & 255) << (8 * (k % 4));
+            r = (r - dd) >> 8;
+        }
     }
-    long long sum = xi;
-    for (int k = gs / 2; k; k >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
-    if (j % gs == 0) mxs[((long long)t * S + s) * (256 / gs) + j / gs] = __ll2float_rn(sum) * sg;
-    if (j == 0) sig[t * S + s] = sg;
+    u8* o = dig + ((long long)t * S + s) * 1024 + (b >> 1) * 128 + tq * 16 + (b & 1) * 8;
+#pragma unroll
+    for (int L = 0; L < 4; L++) *(uint2*)(o + (L >> 1) * 512 + (L & 1) * 64) = make_uint2(wd[L][0], wd[L][1]);
+    // group sums of X (exact in int64, so their order does not matter): gs 32 = block b (four
+    // lanes, both words), gs 16 = half h of block b (four lanes, word h)
+    for (int k = 1; k < 4; k <<= 1) {
+        sum[0] += __shfl_xor_sync(0xffffffffu, sum[0], k);
+        sum[1] += __shfl_xor_sync(0xffffffffu, sum[1], k);
+    }
+    float* mo = mxs + ((long long)t * S + s) * (256 / gs);
+    if (tq == 0) {
+        if (gs == 32) mo[b] = __ll2float_rn(sum[0] + sum[1]) * sg;
+        else { mo[2 * b] = __ll2float_rn(sum[0]) * sg; mo[2 * b + 1] = __ll2float_rn(sum[1]) * sg; }
+    }
+    if (lane == 0) sig[t * S + s] = sg;
 }
 
 __device__ __forceinline__ void mma32(int* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, uint2 b) {
@@ -360,6 +393,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     fitem(i0);
 #pragma unroll
     for (int j = 0; j < F::NB - 1; j++) fetch();
+    pdl_wait();                                          // x_fixed's output is read from here on
     Item<NK, MT> it = item<NK, MT>(i0, tpg, gstart, mx, mo, g, tq);
     constexpr int J = Cols<NK>::J;
     float acc[MT][J][2];
