@@ -4,7 +4,8 @@ against emulated-cuda on 8 of the experts. Prints µs, % copy and the check.
 Usage: python benchmarks/gpu_tune.py 4,2,2,2,3/4,8,2,2,3[/NAME=VALUE…][/float] …
   (RPW,RT,NB,RPL,MINB of moe_matvec1 / of moe_matvec1n, then extra defines such as UNROLL_U=2;
   `float`: the float kernels even where the tensor-core ones serve; MMA_NB_<Q>=n: the tensor-core
-  kernels' ring depth; MMA_MINB_<MT>=n: their blocks per SM, by tiles per item)
+  kernels' ring depth; MMA_MT_<members>=n: their tiles per item; MMA_MINB_<MT>=n: their blocks per
+  SM, by tiles per item)
 Env TOKENS="1 8": token counts of the full-layer sweep.
 """
 import os
@@ -22,6 +23,7 @@ from moeparity.qtypes import QTYPES
 
 emu = backends.get("emulated-cuda")
 serves = intdot.serves
+RING, MT = dict(L.MMA_RING), dict(L.MMA_MT)
 bw = None
 for spec in sys.argv[1:] or ["4,2,2,2,3/4,8,2,2,3"]:
     parts = [p for p in spec.split("/") if p != "float"]
@@ -31,10 +33,14 @@ for spec in sys.argv[1:] or ["4,2,2,2,3/4,8,2,2,3"]:
                               f"-DSHAPE_1N={e},{f},{g},{h}", f"-DMINB_1N={mb}") + tuple(f"-D{x}" for x in parts[2:]))
     bw = bw or copy_bandwidth(be.cp)
     L.SHAPES["1"], L.SHAPES["1n"] = (a, b, c, d), (e, f, g, h)
-    for p in parts[2:]:                                    # ring depths of the tensor-core kernels
+    L.MMA_RING, L.MMA_MT = dict(RING), dict(MT)
+    for p in parts[2:]:                                    # ring depths, tiles per item of the tensor-core kernels
         if p.startswith("MMA_NB_"):
             q, nb = p[len("MMA_NB_"):].split("=")
             L.MMA_RING[q] = int(nb)
+        if p.startswith("MMA_MT_"):
+            m, mt = p[len("MMA_MT_"):].split("=")
+            L.MMA_MT[int(m)] = int(mt)
     line = [spec]
     for q in ("Q4_K", "Q6_K"):
         qt = QTYPES[q]

@@ -466,12 +466,22 @@ extern "C" __global__ void __launch_bounds__(128, MMA_MINB_##MT) NAME(          
         float* out2, int n_items, int per_warp) {                                                                \
     mma_rows<F, NK, MT>(W, W2, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);   \
 }
-MMA_ENTRY(moe_mma2_Q4_K, MQ4_K, 1, 1)
-MMA_ENTRY(moe_mma4_Q4_K, MQ4_K, 2, 2)
-MMA_ENTRY(moe_mma8_Q4_K, MQ4_K, 4, 2)
-MMA_ENTRY(moe_mma2_Q6_K, MQ6_K, 1, 1)
-MMA_ENTRY(moe_mma4_Q6_K, MQ6_K, 2, 2)
-MMA_ENTRY(moe_mma8_Q6_K, MQ6_K, 4, 2)
+#ifndef MMA_MT_2                   // tiles per item by members served (gpu_layout.MMA_MT; tuning builds override)
+#define MMA_MT_2 1
+#endif
+#ifndef MMA_MT_4
+#define MMA_MT_4 2
+#endif
+#ifndef MMA_MT_8
+#define MMA_MT_8 2
+#endif
+#define MMA_ENTRY_(NAME, F, NK, MT) MMA_ENTRY(NAME, F, NK, MT)
+MMA_ENTRY_(moe_mma2_Q4_K, MQ4_K, 1, MMA_MT_2)
+MMA_ENTRY_(moe_mma4_Q4_K, MQ4_K, 2, MMA_MT_4)
+MMA_ENTRY_(moe_mma8_Q4_K, MQ4_K, 4, MMA_MT_8)
+MMA_ENTRY_(moe_mma2_Q6_K, MQ6_K, 1, MMA_MT_2)
+MMA_ENTRY_(moe_mma4_Q6_K, MQ6_K, 2, MMA_MT_4)
+MMA_ENTRY_(moe_mma8_Q6_K, MQ6_K, 4, MMA_MT_8)
 
 // act(gate, up) of the tensor-core gate+up launch (the float kernels fuse it)
 extern "C" __global__ void act_rows(const float* g, const float* u, float* out, long long n, int act, float alpha,
