@@ -55,3 +55,33 @@ def test_bench_gpu_without_gpu_is_one_line_exit_2():
                        text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pdl_launch_marshals_arguments_and_falls_back(monkeypatch):
+    """backends/pdl.py: kernel arguments become the ctypes values the driver reads; without the
+    driver entry point (or when it refuses) the launch is an ordinary one, with the same arguments."""
+    import ctypes
+
+    from moeparity.backends import pdl
+    arr = types.SimpleNamespace(data=types.SimpleNamespace(ptr=0x7000))
+    vals = [pdl._c(v) for v in (arr, np.int32(-3), np.int64(1 << 40), np.float32(0.5))]
+    assert [type(v) for v in vals] == [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float]
+    assert [v.value for v in vals] == [0x7000, -3, 1 << 40, 0.5]
+    with pytest.raises(TypeError):
+        pdl._c(3)                                   # a bare int has no width: refuse, don't guess
+    calls = []
+    fn = lambda grid, block, args, shared_mem: calls.append((grid, block, args, shared_mem))  # noqa: E731
+    monkeypatch.setattr(pdl, "_state", {"fn": None})
+    pdl.launch(None, fn, (5, 2), (128,), (np.int32(1),), 4096)
+    refused = []
+
+    def driver(cfg, func, params, extra):
+        refused.append((tuple(cfg._obj.grid), tuple(cfg._obj.block), cfg._obj.smem, cfg._obj.attrs[0].id))
+        return 1                                     # CUDA_ERROR_INVALID_VALUE
+    fn.kernel = types.SimpleNamespace(ptr=0x1234)
+    cp = types.SimpleNamespace(cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=0)))
+    monkeypatch.setattr(pdl, "_state", {"fn": driver})
+    pdl.launch(cp, fn, (5, 2), (128,), (np.int32(1),), 4096)
+    pdl.launch(cp, fn, (5, 2), (128,), (np.int32(1),), 4096)      # refused once: no second try
+    assert refused == [((5, 2, 1), (128, 1, 1), 4096, pdl.PROGRAMMATIC_STREAM_SERIALIZATION)]
+    assert calls == [((5, 2), (128,), (np.int32(1),), 4096)] * 3
