@@ -143,9 +143,9 @@ class Launch:
             es = L.mma_tiled_bytes(qt, R, n_in)
             src = cp.asarray(hexp, dtype=cp.int32)
             Wt = [cp.empty(len(hexp) * es, cp.uint8) for _ in Ws]
-            self.prep = [(be.module.get_function("mma_tiles"), (be.sm_count * 8,), (256,), 0,
-                          (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(qt.nbytes), D,
-                           np.int64(D.size // 2))) for W, D in zip(Ws, Wt)]
+            self.prep = [(be.module.get_function(f"mma_tiles_{qt.name}"), (be.sm_count * 8,), (256,), 0,
+                          (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), D, np.int64(D.size // 2)))
+                         for W, D in zip(Ws, Wt)]
             self.run(self.prep)
             gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
             dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)

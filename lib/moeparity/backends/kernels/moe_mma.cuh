@@ -9,11 +9,13 @@
 // of mma.m16n8k32; b0 also serves as the k16 operand). A warp's 16-byte load of one MMA's fragments
 // then reads 128 contiguous bytes per member.
 //
-// mma_tiles copies the experts' weights into the kernels' layout: per expert, per tile of
-// MMA_TILE rows, per superblock s, the tile rows' s-th blocks back to back (rows past R: zeros).
-// A stage of a warp's ring (16 or 32 rows of one superblock) is then one contiguous read; in the
-// file's row-major order it was one read per row at the row stride, which the H100 served 10–20 %
-// slower (session 5).
+// mma_tiles_<Q> copies the experts' weights into the kernels' layout: per expert, per tile of
+// MMA_TILE rows, per superblock s, per 16-row group, the group rows' s-th blocks (rows past R:
+// zeros), arranged by the format's struct (Q4_K: the blocks back to back; Q6_K: by field, with
+// 16-byte pieces swizzled so that the 8 rows a warp instruction reads hit distinct banks). A stage
+// of a warp's ring (16 or 32 rows of one superblock) is then one contiguous read; in the file's
+// row-major order it was one read per row at the row stride, which the H100 served 10–20 % slower
+// (session 5).
 //
 // moe_mma<n>: work items are MT 16-row tiles (the MMA's M) of one group (an expert and ≤ n members);
 // each warp streams a run of items superblock by superblock through its own cp.async ring in
@@ -31,24 +33,6 @@
 #define MMA_EMIN (-96)             // intdot.EMIN
 
 #define MMA_TILE 32                // rows per tile of mma_tiles' layout (gpu_layout.MMA_TILE)
-
-// grid-stride over the output's 2-byte words (blocks are 2-byte aligned); experts: source slabs
-extern "C" __global__ void mma_tiles(const unsigned short* __restrict__ W, const int* __restrict__ experts,
-                                     long long es, int R, int row_bytes, int nbytes, unsigned short* __restrict__ out,
-                                     long long n_out) {
-    constexpr int RI = MMA_TILE;
-    const int hw = nbytes / 2, S = row_bytes / nbytes, tiles = (R + RI - 1) / RI;
-    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += (long long)gridDim.x * blockDim.x) {
-        long long q = o / hw;
-        const int k = (int)(o % hw), p = (int)(q % RI);
-        q /= RI;
-        const int sb = (int)(q % S);
-        q /= S;
-        const int r = (int)(q % tiles) * RI + p;
-        const long long e = experts[q / tiles];
-        out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * nbytes) / 2 + k] : (unsigned short)0;
-    }
-}
 
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }   // e in [-126, 127]
 
@@ -144,7 +128,10 @@ __device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) 
 struct MQ4_K {
     static constexpr int NBYTES = 144, GS = 32, NB = MMA_NB_Q4_K;
     struct Raw { uint4 h; unsigned w[4][2]; };                 // header; chunk c's words at 4tq, 16+4tq
-    __device__ static void load(const u8* blk, int tq, Raw& r) {
+    // byte w of a 16-row group's superblock: row p, byte of its block (the blocks back to back)
+    __device__ static int src(int w, int& p) { p = w / NBYTES; return w % NBYTES; }
+    __device__ static void load(const u8* grp, int p, int tq, Raw& r) {
+        const u8* blk = grp + p * NBYTES;
         r.h = *(const uint4*)blk;
 #pragma unroll
         for (int c = 0; c < 4; c++)
@@ -164,22 +151,61 @@ struct MQ4_K {
 struct MQ6_K {
     static constexpr int NBYTES = 210, GS = 16, NB = MMA_NB_Q6_K;
     struct Raw { unsigned ql[2][4], qh[2][2], sc[4]; unsigned short d; };
-    __device__ static void load(const u8* blk, int tq, Raw& r) {           // blocks are 2-byte aligned
+    // A 16-row group's superblock by field: ql (16 × 128 bytes), qh (16 × 64), scales (16 × 16), d
+    // (16 × 2). Row p's 16-byte piece k of ql sits at slot k ^ (p % 8), of qh at k ^ (p / 2 % 4):
+    // rows g = 0..7 then read 8 distinct groups of 4 banks, and every word is 4-byte aligned.
+    static constexpr int QH = 16 * 128, SC = QH + 16 * 64, D = SC + 16 * 16;
+    __device__ static int src(int w, int& p) {
+        if (w < QH) { p = w / 128; return 16 * ((w % 128 / 16) ^ (p & 7)) + w % 16; }
+        if (w < SC) { w -= QH; p = w / 64; return 128 + 16 * ((w % 64 / 16) ^ ((p >> 1) & 3)) + w % 16; }
+        if (w < D) { w -= SC; p = w / 16; return 192 + w % 16; }
+        w -= D; p = w / 2; return 208 + w % 2;
+    }
+    __device__ static void load(const u8* grp, int p, int tq, Raw& r) {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
-            for (int c = 0; c < 4; c++) r.ql[h][c] = ld4_a2(blk + 64 * h + 16 * c + 4 * tq);
+            for (int c = 0; c < 4; c++)
+                r.ql[h][c] = *(const unsigned*)(grp + p * 128 + 16 * ((4 * h + c) ^ (p & 7)) + 4 * tq);
 #pragma unroll
-            for (int k = 0; k < 2; k++) r.qh[h][k] = ld4_a2(blk + 128 + 32 * h + 16 * k + 4 * tq);
+            for (int k = 0; k < 2; k++)
+                r.qh[h][k] = *(const unsigned*)(grp + QH + p * 64 + 16 * ((2 * h + k) ^ ((p >> 1) & 3)) + 4 * tq);
         }
-#pragma unroll
-        for (int i = 0; i < 4; i++) r.sc[i] = ld4_a2(blk + 192 + 4 * i);
-        r.d = *(const unsigned short*)(blk + 208);
+        const uint4 sc = *(const uint4*)(grp + SC + 16 * p);
+        r.sc[0] = sc.x; r.sc[1] = sc.y; r.sc[2] = sc.z; r.sc[3] = sc.w;
+        r.d = *(const unsigned short*)(grp + D + 2 * p);
     }
     __device__ static float cm(const Raw& r, int gi) { return byte_f(r.sc[gi >> 2] ^ 0x80808080u, gi & 3, 128.f); }
     __device__ static float d(const Raw& r) { return __half2float(__ushort_as_half(r.d)); }
     __device__ static float dm(const Raw& r) { return d(r) * 32.f; }
 };
+
+// grid-stride over the output's 2-byte words (blocks are 2-byte aligned); experts: source slabs.
+// Output order: [expert][tile of MMA_TILE rows][superblock][16-row group][F's arrangement].
+template <class F>
+__device__ void mma_tiles(const unsigned short* __restrict__ W, const int* __restrict__ experts, long long es, int R,
+                          int row_bytes, unsigned short* __restrict__ out, long long n_out) {
+    constexpr int G16 = 16 * F::NBYTES, GROUPS = MMA_TILE / 16;
+    const int S = row_bytes / F::NBYTES, tiles = (R + MMA_TILE - 1) / MMA_TILE;
+    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += (long long)gridDim.x * blockDim.x) {
+        long long q = 2 * o / G16;
+        int p;
+        const int byte = F::src((int)(2 * o % G16), p), grp = (int)(q % GROUPS);
+        q /= GROUPS;
+        const int sb = (int)(q % S);
+        q /= S;
+        const int r = (int)(q % tiles) * MMA_TILE + 16 * grp + p;
+        const long long e = experts[q / tiles];
+        out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * F::NBYTES + byte) / 2] : (unsigned short)0;
+    }
+}
+#define MMA_TILES(Q)                                                                                             \
+extern "C" __global__ void mma_tiles_##Q(const unsigned short* W, const int* experts, long long es, int R,       \
+                                         int row_bytes, unsigned short* out, long long n_out) {                 \
+    mma_tiles<M##Q>(W, experts, es, R, row_bytes, out, n_out);                                                   \
+}
+MMA_TILES(Q4_K)
+MMA_TILES(Q6_K)
 
 // Columns: MMA k (of NK per weight group), column n ↔ member (n/2)·NK/2 + k/2, digit 2(k%2) + n%2, so
 // lane (g, tq) supplies B column g and its D fragment holds all four digits of members tq·NK/2 + j
@@ -409,7 +435,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         typename F::Raw cur[MT][2];
 #pragma unroll
         for (int v = 0; v < 2 * MT; v++)
-            F::load(sl + (g + 8 * v) * F::NBYTES, tq, cur[v >> 1][v & 1]);
+            F::load(sl + (v >> 1) * 16 * F::NBYTES, g + 8 * (v & 1), tq, cur[v >> 1][v & 1]);
         int xo[NK], moff[J];
         float sg[J];
 #pragma unroll
