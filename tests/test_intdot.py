@@ -147,11 +147,14 @@ def test_kernel_constants_match_intdot():
 
 
 def test_tensor_core_entry_points_exist():
-    """cuda.py launches x_fixed, moe_mma<n>_<Q> (n in gpu_layout.MMA_MEMBERS) and act_rows by name."""
+    """cuda.py launches mma_tiles_<Q>, x_fixed, moe_mma<n>_<Q> (n in gpu_layout.MMA_MEMBERS) and act_rows
+    by name."""
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     for q in intdot.GROUP:
         for n in L.MMA_MEMBERS:                                    # n/2 MMAs of two members (n = 2: one)
-            assert f"MMA_ENTRY(moe_mma{n}_{q}, M{q}, {max(n // 2, 1)}, {L.MMA_MT[n]})" in src
+            assert f"MMA_ENTRY_(moe_mma{n}_{q}, M{q}, {max(n // 2, 1)}, MMA_MT_{n})" in src
+            assert re.search(rf"#define MMA_MT_{n} {L.MMA_MT[n]}\n", src)      # tiles per item, as cuda.py counts them
+        assert f"MMA_TILES({q})" in src                              # mma_tiles_<Q>: the weights' tiled copy
     assert 'void __launch_bounds__(256) x_fixed(' in src and "void act_rows(" in src
     assert L.MMA_MEMBERS == (2, 4, 8)
     assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
