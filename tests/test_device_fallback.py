@@ -47,6 +47,35 @@ def test_gpu_oom_names_layer_and_bytes():
     assert "blk.6.ffn_down_exps.weight" in msg and "layer 6" in msg and str(2 * t.expert_bytes) in msg
 
 
+def test_gpu_oom_in_a_launch_names_layer_and_bytes(monkeypatch):
+    """Out of memory for a launch's own buffers (the tensor-core layout copy of the weights is the
+    largest) is the same one-line DeviceOutOfMemory as an upload's, with the bytes it needed."""
+    class OOM(Exception):
+        pass
+
+    from moeparity.backends import cuda
+    from moeparity.backends import gpu_layout as L
+    from moeparity.backends.streaming import ExpertUploader
+    from moeparity.qtypes import QTYPES
+    cp = types.SimpleNamespace(cuda=types.SimpleNamespace(memory=types.SimpleNamespace(OutOfMemoryError=OOM),
+                                                          runtime=types.SimpleNamespace(memGetInfo=lambda: (7, 80))))
+    be = cuda.CudaBackend.__new__(cuda.CudaBackend)                 # no device: the host side only
+    super(cuda.CudaBackend, be).__init__()
+    be.cp, be.uploader = cp, ExpertUploader.__new__(ExpertUploader)
+    be.uploader.cp = cp
+    monkeypatch.setattr(be, "_weights", lambda t, e: None)
+
+    def launch(*a, **k):
+        raise OOM()
+    monkeypatch.setattr(cuda, "Launch", launch)
+    w = np.ones((4, 40, 256), np.float32)
+    t = QTensor.from_weights("blk.3.ffn_up_exps.weight", w, "Q4_K")
+    with pytest.raises(DeviceOutOfMemory) as e:
+        be.moe_matvec(t, np.array([[0, 2]]), np.ones((1, 256), np.float32))
+    need = 2 * L.mma_tiled_bytes(QTYPES["Q4_K"], 40, 256) + 4 * 2 * 40
+    assert str(e.value) == f"GPU out of memory computing blk.3.ffn_up_exps.weight (layer 3): {need} bytes asked, 7 of 80 free"
+
+
 @pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
 def test_bench_gpu_without_gpu_is_one_line_exit_2():
     import subprocess

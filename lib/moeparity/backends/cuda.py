@@ -101,8 +101,16 @@ class CudaBackend(Backend):
         X = np.asarray(x if shared else xb.reshape(T * k, -1), np.float32)
         experts = L.layout(ids, shared)[0]
         Ws = [self._weights(t, experts) for t in tensors]
-        launch = Launch(self, qt, Ws, first.n_out, first.n_in, ids, X, act, kind, alpha, limit)
-        launch()
+        try:
+            launch = Launch(self, qt, Ws, first.n_out, first.n_in, ids, X, act, kind, alpha, limit)
+            launch()
+        except self.cp.cuda.memory.OutOfMemoryError:
+            # the launch's own buffers: outputs, activations and, on the tensor cores, the weights'
+            # tiled copy (the largest: as many bytes as the weights, in whole tiles)
+            tiled = len(tensors) * len(experts) * L.mma_tiled_bytes(qt, first.n_out, first.n_in) \
+                if intdot.serves(qt.name, act) else 0
+            raise self.uploader._oom(first, tiled + 4 * T * k * first.n_out * (1 if len(tensors) == 1 else 3),
+                                     "computing") from None
         return [self.cp.asnumpy(o).reshape(T, k, first.n_out) for o in launch.outs]
 
     def moe_matvec(self, tensor, ids, x, act="f32"):

@@ -47,9 +47,9 @@ class ExpertUploader:
     def resident_layers(self) -> set:
         return {v[0] for v in self.entries.values()}
 
-    def _oom(self, tensor, nbytes):
+    def _oom(self, tensor, nbytes, doing="uploading"):
         free, total = self.cp.cuda.runtime.memGetInfo()
-        return DeviceOutOfMemory(f"GPU out of memory uploading {tensor.name} (layer {layer_of(tensor)}): "
+        return DeviceOutOfMemory(f"GPU out of memory {doing} {tensor.name} (layer {layer_of(tensor)}): "
                                  f"{nbytes} bytes asked, {free} of {total} free")
 
     def _upload(self, tensor, experts, stream=None):
