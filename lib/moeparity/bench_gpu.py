@@ -198,6 +198,8 @@ def run(quick: bool = False) -> str:
                              timed(cp, case.baseline, repeat=5), case.prep_time()))
             del case
             cp.get_default_memory_pool().free_all_blocks()
+    for q, form, role, ntok, t, *_ in rows:                 # per tensor, for whoever compares with gpu_steps
+        print(f"{q} {form} {role} ×{ntok}: {t * 1e6:.1f} µs", flush=True)
     # aggregate the three roles of a layer
     agg = {}
     for q, form, role, ntok, *vals in rows:
