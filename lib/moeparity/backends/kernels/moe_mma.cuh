@@ -115,20 +115,21 @@ __device__ __forceinline__ void mma16(int* d, unsigned a0, unsigned a1, unsigned
 __device__ __forceinline__ int sbyte(unsigned w, int k) { return (int)(w << (24 - 8 * k)) >> 24; }   // signed byte k
 __device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) & 255; }
 
-// Per-format superblock slices of one row (in the shared ring) for lane position tq.
+// Per-format ring depth and layout.
 #ifndef MMA_NB_Q4_K
 #define MMA_NB_Q4_K 3
 #endif
 #ifndef MMA_NB_Q6_K
 #define MMA_NB_Q6_K 2
 #endif
-// NBYTES, GS (weights per scale group), NB (ring depth). A ring slot holds a tile's superblock as
-// mma_tiles laid it out: row p at p·NBYTES (Q4_K: 144/4 ≡ 4 mod 8, so the 8 rows a warp
-// instruction reads start in 8 distinct groups of 4 banks).
+// NBYTES, GS (weights per scale group), NB (ring depth); src: where mma_tiles takes byte w of a
+// 16-row group's superblock from (row p, byte of its block); load: lane position tq's words of
+// row p of a group in the ring (Raw).
 struct MQ4_K {
     static constexpr int NBYTES = 144, GS = 32, NB = MMA_NB_Q4_K;
     struct Raw { uint4 h; unsigned w[4][2]; };                 // header; chunk c's words at 4tq, 16+4tq
-    // byte w of a 16-row group's superblock: row p, byte of its block (the blocks back to back)
+    // the blocks back to back (144/4 ≡ 4 mod 8: the 8 rows a warp instruction reads start in 8
+    // distinct groups of 4 banks)
     __device__ static int src(int w, int& p) { p = w / NBYTES; return w % NBYTES; }
     __device__ static void load(const u8* grp, int p, int tq, Raw& r) {
         const u8* blk = grp + p * NBYTES;
@@ -355,14 +356,14 @@ __device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const 
 }
 
 // One work item: MT 16-row tiles of one group (≤ max(2·NK, 2) members), as lane (g, tq) sees it.
-template <int NK, int MT>
+template <int NK>
 struct Item {
     int r0, nt, tb[Cols<NK>::J], td[Cols<NK>::J], od[Cols<NK>::J];
 };
 template <int NK, int MT>
-__device__ __forceinline__ Item<NK, MT> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
-                                             const int* __restrict__ mo, int g, int tq) {
-    Item<NK, MT> it;
+__device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
+                                         const int* __restrict__ mo, int g, int tq) {
+    Item<NK> it;
     const int grp = i / tpg, m0 = gstart[grp];
     it.r0 = (i % tpg) * 16 * MT + g;
     it.nt = gstart[grp + 1] - m0;
@@ -420,7 +421,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 #pragma unroll
     for (int j = 0; j < F::NB - 1; j++) fetch();
     pdl_wait();                                          // x_fixed's output is read from here on
-    Item<NK, MT> it = item<NK, MT>(i0, tpg, gstart, mx, mo, g, tq);
+    Item<NK> it = item<NK, MT>(i0, tpg, gstart, mx, mo, g, tq);
     constexpr int J = Cols<NK>::J;
     float acc[MT][J][2];
 #pragma unroll
