@@ -44,6 +44,21 @@ def test_gpu_vs_oracle_cpu_and_emulation(gpu, qtype, ntok, rng):
             assert np.array_equal(yq, yqe)
 
 
+@pytest.mark.parametrize("qtype", ["F32", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_subnormals_are_kept_like_the_emulation(gpu, qtype, rng):
+    """Activations of 1e-36 against weights of 1e-3: many outputs are subnormal. A kernel built with
+    flush-to-zero (CuPy's own compile path appends -ftz=true) zeroes them, or their partial sums,
+    where the emulation (IEEE float32 with subnormals) does not."""
+    n_in = 512
+    w = (rng.standard_normal((2, 32, n_in)) * 1e-3).astype(np.float32)
+    T = QTensor.from_weights("blk.0.ffn_up_exps.weight", w, qtype)
+    x = (rng.standard_normal((2, n_in)) * 1e-36).astype(np.float32)
+    ids = np.array([[0], [1]])
+    y, ye = gpu.moe_matvec(T, ids, x), backends.get("emulated-cuda").moe_matvec(T, ids, x)
+    assert np.count_nonzero(ye) == ye.size and np.sum(np.abs(ye) < np.finfo(np.float32).tiny) >= 8
+    assert np.array_equal(y, ye)
+
+
 def test_q8_1_error_is_mmvq_sized(gpu, rng):
     """q8_1 mode quantises the activations (per 32: scale amax/127 in fp16), so its error is far
     above f32's, yet inside the bound that quantisation allows: |δx| ≤ 0.6·amax/127 per value.

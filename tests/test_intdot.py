@@ -30,13 +30,15 @@ def test_integer_parts_give_the_dequantised_weights(qtype, rng):
     gs = intdot.GROUP[qtype]
     G = 256 // gs
     dl = (d[:, None] * sc.astype(F32)).astype(F32)               # ggml's float32 products
-    if qtype == "Q4_K":
+    if qtype in intdot.WITH_MIN:
         ml = (dm[:, None] * cm).astype(F32)
         w = np.repeat(dl, gs, 1) * q.astype(F32) - np.repeat(ml, gs, 1)
-    else:                                                          # dm = 32·d, cm = sc: the −32 bias
-        assert np.array_equal(dm, d * F32(32)) and np.array_equal(cm, sc.astype(F32))
-        w = np.repeat(dl, gs, 1) * (q - 32).astype(F32)
-    assert q.min() >= 0 and q.max() < (16 if qtype == "Q4_K" else 64) and sc.shape[1] == G
+        assert q.min() >= 0 and q.max() < 16
+    else:                                                          # Q6_K: the −32 bias inside q
+        assert not cm.any() and not dm.any()
+        w = np.repeat(dl, gs, 1) * q.astype(F32)
+        assert q.min() >= -32 and q.max() < 32 and q.min() < 0 <= q.max()
+    assert sc.shape[1] == G
     assert np.array_equal(w.astype(F32), dq.dequantize_blocks(b, qt).reshape(w.shape))
 
 
@@ -61,13 +63,13 @@ def test_fixed_point_is_exact_where_it_claims(rng):
     big = np.abs(xs[ok]).max(axis=1)
     assert (big < 2.0 ** intdot.XBITS * s[ok][:, 0]).all()          # the max sits in the top bits…
     free = big >= 2.0 ** (intdot.EMIN - 1)                     # E not clamped
-    assert (big[free] >= 2.0 ** (intdot.XBITS - 1) * s[ok][free, 0]).all()   # …of 31
+    assert (big[free] >= 2.0 ** (intdot.XBITS - 1) * s[ok][free, 0]).all()   # …of XBITS + 1
     assert (Xi[2, 1] == 0).all() and (sig[ok] >= 2.0 ** (intdot.EMIN - intdot.XBITS)).all()
     sums = Xi.reshape(5, S, 8, 32).sum(axis=3)
     assert np.array_equal(Mx[ok], (sums.astype(F32) * sig[..., None])[ok])
 
 
-def reference(q, sc, cm, d, dm, Xi, sig, Mx, gs):
+def reference(q, sc, cm, d, dm, Xi, sig, Mx, gs, with_min):
     """Exact integers in Python (no int64 wrap can hide), float32 steps by fma_np (not emulated.fmaf)."""
     R, S, _ = q.shape
     acc = np.zeros(R, F32)
@@ -76,11 +78,12 @@ def reference(q, sc, cm, d, dm, Xi, sig, Mx, gs):
                                                                               Xi[s, g * gs:(g + 1) * gs]))
                    for g in range(256 // gs)) for r in range(R)]
         big = np.array([round_f32(Fraction(v)) for v in big], F32)
-        mm = np.zeros(R, F32)
-        for g in range(256 // gs):
-            mm = fma_np(cm[:, s, g], np.full(R, Mx[s, g], F32), mm)
         acc = fma_np(d[:, s], big * sig[s], acc)
-        acc = fma_np(-dm[:, s], mm, acc)
+        if with_min:
+            mm = np.zeros(R, F32)
+            for g in range(256 // gs):
+                mm = fma_np(cm[:, s, g], np.full(R, Mx[s, g], F32), mm)
+            acc = fma_np(-dm[:, s], mm, acc)
     return acc
 
 
@@ -96,12 +99,12 @@ def test_row_reduction_matches_independent_reference(qtype, rng):
     S = n // 256
     parts = (q.reshape(R, S, 256), sc.reshape(R, S, -1), cm.reshape(R, S, -1), d.reshape(R, S), dm.reshape(R, S))
     for p in range(2):
-        assert np.array_equal(got[p], reference(*parts, Xi[p], sig[p], Mx[p], gs))
+        assert np.array_equal(got[p], reference(*parts, Xi[p], sig[p], Mx[p], gs, qtype in intdot.WITH_MIN))
 
 
 @pytest.mark.parametrize("qtype", KQ)
 def test_within_float32_bound_of_oracle_with_outliers(qtype, rng):
-    """Block fixed point keeps 31 bits against each superblock's largest |x|: activations with
+    """Block fixed point keeps XBITS + 1 bits against each superblock's largest |x|: activations with
     outliers (10⁴ × the rest) stay within the float32 bound of the float64 oracle."""
     n, R = 2048, 40
     T = QTensor.from_weights("t", (rng.standard_normal((3, R, n)) * 0.05).astype(F32), qtype)
@@ -138,9 +141,11 @@ def test_kernel_constants_match_intdot():
     assert (int(d["MMA_XBITS"]), int(d["MMA_EMIN"])) == (intdot.XBITS, intdot.EMIN)
     for name, nb in L.MMA_RING.items():
         qt = QTYPES[name]
-        row = re.search(rf"struct M{name} {{\s*static constexpr int NBYTES = (\d+), GS = (\d+), NB = MMA_NB_{name};", src)
-        nbytes, gs = (int(v) for v in row.groups())
+        row = re.search(rf"struct M{name} {{\s*static constexpr int NBYTES = (\d+), GS = (\d+), NB = MMA_NB_{name}, "
+                        r"ASHIFT = \d;\s*static constexpr bool MIN = (true|false);", src)
+        nbytes, gs = (int(v) for v in row.groups()[:2])
         assert (nbytes, gs, int(d[f"MMA_NB_{name}"])) == (qt.nbytes, intdot.GROUP[name], nb)
+        assert (row.group(3) == "true") == (name in intdot.WITH_MIN)
     assert "__launch_bounds__(128, MMA_MINB_##MT)" in src and L.MMA_WARPS * 32 == 128
     assert int(d["MMA_TILE"]) == L.MMA_TILE and all(L.MMA_TILE % (16 * mt) == 0 for mt in L.MMA_MT.values())
     assert re.search(r"return act == \"f32\" and name in GROUP", open(intdot.__file__).read())
@@ -151,8 +156,8 @@ def test_tensor_core_entry_points_exist():
     by name."""
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     for q in intdot.GROUP:
-        for n in L.MMA_MEMBERS:                                    # n/2 MMAs of two members (n = 2: one)
-            assert f"MMA_ENTRY_(moe_mma{n}_{q}, M{q}, {max(n // 2, 1)}, MMA_MT_{n})" in src
+        for n, nk in zip(L.MMA_MEMBERS, (1, 2, 3)):                # MMAs per weight group (see Cols)
+            assert f"MMA_ENTRY_(moe_mma{n}_{q}, M{q}, {nk}, MMA_MT_{n})" in src
             assert re.search(rf"#define MMA_MT_{n} {L.MMA_MT[n]}\n", src)      # tiles per item, as cuda.py counts them
         assert f"MMA_TILES({q})" in src                              # mma_tiles_<Q>: the weights' tiled copy
     assert 'void __launch_bounds__(256) x_fixed(' in src and "void act_rows(" in src

@@ -13,12 +13,14 @@ import numpy as np
 from ..errors import NoDevice
 from ..qtypes import QTYPES
 from . import gpu_layout as L
-from . import intdot, pdl
+from . import intdot, kernel_build, pdl
 from .base import Backend, check_shapes
 from .streaming import ExpertUploader
 
 KERNEL_DIR = os.path.join(os.path.dirname(__file__), "kernels")
-NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")     # no FMA contraction: emulated.py reproduces every sum
+# no FMA contraction and IEEE subnormals: emulated.py reproduces every sum (kernel_build.py: why
+# CuPy's own compile path is not used)
+NVRTC_OPTIONS = ("--fmad=false", "--ftz=false", "-std=c++17")
 
 
 def cuda_available() -> bool:
@@ -50,8 +52,7 @@ class CudaBackend(Backend):
             raise NoDevice(f"no usable CUDA device ({type(e).__name__}: {e})") from None
         self.cp = cp
         self.label = f"cuda ({props['name'].decode() if isinstance(props['name'], bytes) else props['name']})"
-        src = open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
-        self.module = cp.RawModule(code=src, options=NVRTC_OPTIONS + (f"-I{KERNEL_DIR}",) + tuple(defines))
+        self.module = kernel_build.build(cp, KERNEL_DIR, "moe_matvec.cu", NVRTC_OPTIONS + tuple(defines))
         self.sm_count = int(props["multiProcessorCount"])
         self.regs_per_sm, self.smem_per_sm = int(props["regsPerMultiprocessor"]), int(props["sharedMemPerMultiprocessor"])
         super().__init__()
@@ -155,10 +156,11 @@ class Launch:
                           (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), D, np.int64(D.size // 2)))
                          for W, D in zip(Ws, Wt)]
             self.run(self.prep)
-            gs, S, n = intdot.GROUP[qt.name], n_in // intdot.SB, X.shape[0]
-            dig, sig, mxs = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32), cp.empty(n * S * (256 // gs), cp.float32)
+            mins, S, n = qt.name in intdot.WITH_MIN, n_in // intdot.SB, X.shape[0]
+            dig, sig = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32)
+            mxs = cp.empty(n * S * 256 // intdot.GROUP[qt.name] if mins else 1, cp.float32)   # (the min's Mx)
             self.steps.append((be.module.get_function("x_fixed"), (-(-n * S // 8),), (256,), 0,
-                               (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(gs), np.int32(n), dig, sig, mxs)))
+                               (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(mins), np.int32(n), dig, sig, mxs)))
             gx, gs0 = L.member_chunks(np.arange(len(hexp)), start, L.MMA_MEMBERS[-1])
             most = np.diff(gs0).max(initial=1)
             members = next(m for m in L.MMA_MEMBERS if m >= most)

@@ -4,16 +4,24 @@ Why: a float dot product costs a multiply-add per weight on CUDA cores, which is
 can issue at memory speed once a few tokens share the weights. Integer tensor cores do the
 products and sums exactly, so the only roundings left are few and easy to state:
 
-1. Activations enter as block fixed point: per token and 256-value superblock, σ = 2^(E−30) with
-   max|x| < 2^E (E ≥ −96), X = rint(x/σ), so |X| ≤ 2^30 (31 bits against float32's 24). A
-   superblock holding inf or NaN gets σ = NaN (its outputs are NaN) and X = 0. The kernel feeds X
-   to int8 tensor cores as four signed 8-bit digits; that is exact, so it does not show here.
-2. Per row and superblock, with the format's integer parts (weight = d·sc_g·q − dm·cm_g):
+1. Activations enter as block fixed point: per token and 256-value superblock, σ = 2^(E−22) with
+   max|x| < 2^E (E ≥ −96), X = rint(x/σ), so |X| ≤ 2^22: 23 bits against the superblock's
+   largest |x|, float32's 24 against each x. The rounding is at most 2^−23·max|x| per value,
+   within the float32 bound of a dot product (n ≥ 256 terms) — and three signed 8-bit digits
+   hold X, so the 8-token kernel runs 3 MMAs per weight group, not 4 (session 6: 30 bits cost a
+   fourth digit that bought nothing a float32 reference can see). A superblock holding inf or NaN
+   gets σ = NaN (its outputs are NaN) and X = 0. The kernel feeds X to int8 tensor cores as signed
+   8-bit digits; that is exact, so it does not show here.
+2. Per row and superblock, with the format's integer parts (weight = d·sc_g·q, minus dm·cm_g
+   where the format has a min):
        I  = Σ_g sc_g · Σ_{j∈g} q_j·X_j                      exact (int64)
-       mm = fma chain over g of (cm_g, Mx_g), from 0;  Mx_g = f32(Σ_{j∈g} X_j)·σ
-       acc = fma(d, f32(I)·σ, acc);  acc = fma(−dm, mm, acc)
+       acc = fma(d, f32(I)·σ, acc)
+       with a min:  mm = fma chain over g of (cm_g, Mx_g), from 0;  Mx_g = f32(Σ_{j∈g} X_j)·σ
+                    acc = fma(−dm, mm, acc)
    Q4_K: groups of 32, sc = 6-bit scale, q = nibble, cm = 6-bit min, dm = dmin.
-   Q6_K: groups of 16, sc = int8 scale, q = the unsigned 6-bit value, cm = sc, dm = 32·d.
+   Q6_K: groups of 16, sc = int8 scale, q = the signed value (6-bit code − 32), no min: the bias is
+   inside the exact sum (the kernel's MMA takes 4q as a signed byte, session 6; until then the
+   −32 bias was a float min term that cost 16 FMAs per row and member and cancelled against I).
 3. acc starts at 0 and takes the row's superblocks in order (one warp holds a row's whole sum).
 """
 from __future__ import annotations
@@ -26,9 +34,10 @@ from .emulated import fmaf
 
 F32 = np.float32
 SB = 256            # superblock: the unit of the activation scale and of one acc step
-XBITS = 30          # |X| ≤ 2^XBITS
+XBITS = 22          # |X| ≤ 2^XBITS: three signed 8-bit digits
 EMIN = -96          # smallest exponent E: σ stays a normal float
 GROUP = {"Q4_K": 32, "Q6_K": 16}   # weights per scale group
+WITH_MIN = {"Q4_K"}                # formats with a min term (its groups: GROUP's)
 
 
 def serves(name: str, act: str) -> bool:
@@ -40,7 +49,8 @@ def serves(name: str, act: str) -> bool:
 
 
 def fixed_point(X: np.ndarray, gs: int):
-    """x rows (P, n) float32 → X (P, S, 256) int64, σ (P, S) float32, Mx (P, S, 256/gs) float32."""
+    """x rows (P, n) float32 → X (P, S, 256) int64, σ (P, S) float32, Mx (P, S, 256/gs) float32
+    (the group sums a min term needs)."""
     P, n = X.shape
     x = np.asarray(X, F32).reshape(P, n // SB, SB)
     finite = np.isfinite(x).all(axis=2)
@@ -55,7 +65,8 @@ def fixed_point(X: np.ndarray, gs: int):
 
 def int_parts(blocks: np.ndarray, name: str):
     """Superblocks (nb, nbytes) uint8 → q (nb, 256) int64, sc (nb, G) int64, cm (nb, G) float32,
-    d (nb,) float32, dm (nb,) float32, as stated in the module docstring."""
+    d (nb,) float32, dm (nb,) float32, as stated in the module docstring (no min: cm, dm zeros,
+    and nothing reads them)."""
     b = np.asarray(blocks, np.uint8)
     if name == "Q4_K":
         sc, mn = dq.kquant_scale_min(b[:, 4:16])
@@ -66,12 +77,12 @@ def int_parts(blocks: np.ndarray, name: str):
         q, _, _ = dq._q6_k(b)
         sc = np.ascontiguousarray(b[:, 192:208]).view(np.int8)
         d = dq._f16(b[:, 208:210]).reshape(-1)
-        return (q.astype(np.int64) + 32, sc.astype(np.int64), sc.astype(F32), d, (d * F32(32)).astype(F32))
+        return q.astype(np.int64), sc.astype(np.int64), np.zeros(sc.shape, F32), d, np.zeros_like(d)
     raise ValueError(f"no integer kernel for {name}")
 
 
 @njit(parallel=True, cache=True)
-def int_rows(q, sc, cm, d, dm, Xi, sig, Mx, gs, out):
+def int_rows(q, sc, cm, d, dm, Xi, sig, Mx, gs, with_min, out):
     """out[p, r] for rows r of q (R, S, 256) … against x rows p of Xi (T, S, 256) …"""
     R, S, _ = q.shape
     T = Xi.shape[0]
@@ -88,9 +99,11 @@ def int_rows(q, sc, cm, d, dm, Xi, sig, Mx, gs, out):
                 for j in range(g * gs, g * gs + gs):
                     dot += q[r, s, j] * Xi[p, s, j]
                 big += sc[r, s, g] * dot
-                mm = fmaf(cm[r, s, g], Mx[p, s, g], mm)
+                if with_min:
+                    mm = fmaf(cm[r, s, g], Mx[p, s, g], mm)
             acc = fmaf(d[r, s], np.float32(big) * sig[p, s], acc)
-            acc = fmaf(-dm[r, s], mm, acc)
+            if with_min:
+                acc = fmaf(-dm[r, s], mm, acc)
         out[p, r] = acc
 
 
@@ -104,5 +117,5 @@ def matvec(raw_rows: np.ndarray, name: str, X: np.ndarray) -> np.ndarray:
     Xi, sig, Mx = fixed_point(X, gs)
     out = np.empty((X.shape[0], R), F32)
     int_rows(q.reshape(R, S, SB), sc.reshape(R, S, -1), cm.reshape(R, S, -1), d.reshape(R, S), dm.reshape(R, S),
-             Xi, sig, Mx, gs, out)
+             Xi, sig, Mx, gs, name in WITH_MIN, out)
     return out

@@ -16,12 +16,18 @@
 // in one __byte_perm; dl comes pre-multiplied by K and the kernel subtracts OFF·Σx per 8 weights:
 // dl·(f − BIAS) = (K·dl)·(q − OFF) with OFF = 1/2 + BIAS/K. gpu_layout.AFFINE lists (K, BIAS).
 #pragma once
-#include <cuda_fp16.h>
 typedef unsigned char u8;
 
 #define P23 8388608.0f
+// fp16 bits → float32 (exact) by the PTX conversion: no CUDA header needed, as kernel_build
+// compiles with NVRTC's built-in ones only
+__device__ __forceinline__ float f16f(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
 __device__ __forceinline__ float h2f(const u8* p) {           // fp16 at a 2-byte-aligned address
-    return __half2float(__ushort_as_half(*(const unsigned short*)p));
+    return f16f(*(const unsigned short*)p);
 }
 __device__ __forceinline__ float e8m0_half(unsigned e) {
     return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1u) << 23));
@@ -171,8 +177,8 @@ __device__ void Q4_K::unit(const u8* b, int i, float* q, float* dl, float* ml) {
     const bool hi = sb >= 4;
     const unsigned scs = hi ? (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u) : h.y & 0x3F3F3F3Fu;
     const unsigned mns = hi ? ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u) : h.z & 0x3F3F3F3Fu;
-    const float d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xFFFF)));
-    const float dmin = __half2float(__ushort_as_half((unsigned short)(h.x >> 16)));
+    const float d = f16f((unsigned short)(h.x & 0xFFFF));
+    const float dmin = f16f((unsigned short)(h.x >> 16));
     same4((d * byte_f(scs, j, 0.f)) * K, dl); same4(dmin * byte_f(mns, j, 0.f), ml);
     const uint4* p = (const uint4*)(b + 16 + (sb >> 1) * 32);
     const uint4 v0 = p[0], v1 = p[1];

@@ -2,8 +2,9 @@
 // cores (mma.sync u8 × s8 → s32) against activations in block fixed point. The arithmetic is
 // stated in backends/intdot.py, which emulates it bit for bit.
 //
-// x_fixed turns each activation row into X = rint(x/σ) per 256 values (|X| ≤ 2^30) and splits X
-// into four signed digits, X = D0 + 2^8·D1 + 2^16·D2 + 2^24·D3, stored as the MMA's B fragments:
+// x_fixed turns each activation row into X = rint(x/σ) per 256 values (|X| ≤ 2^22) and splits X
+// into signed digits, X = D0 + 2^8·D1 + 2^16·D2 (+ 2^24·D3, always 0: kept so that the one- to
+// four-member column maps stay whole 4-digit sets), stored as the MMA's B fragments:
 // per (row t, superblock s) 1 KB, [L/2][32-block pair][L%2][lane-quad position tq][16 bytes], the 16
 // bytes being, for blocks 2p and 2p+1, digits L of elements 4tq..4tq+3 and 16+4tq..16+4tq+3 (b0, b1
 // of mma.m16n8k32; b0 also serves as the k16 operand). A warp's 16-byte load of one MMA's fragments
@@ -21,7 +22,7 @@
 // each warp streams a run of items superblock by superblock through its own cp.async ring in
 // shared memory. Lane (g, tq) = (lane/4, lane%4) reads its A fragment of rows g and g+8 from the
 // ring: elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of each 32 weights. Per weight group NK MMAs
-// (1, 2 or 4) cover max(2·NK, 2) members × 4 digits (see Cols); the digit dots are scaled by the
+// (1, 2 or 3) cover 2, 4 or 8 members' digits (see Cols); the digit dots are scaled by the
 // group's integer scale into int32 sums, and per superblock the lanes join the four digit sums of
 // each (row, member) pair into the exact int64 I. A warp holds a row's whole sum, so no reduction
 // order but intdot's exists.
@@ -29,7 +30,7 @@
 #include "decode.cuh"
 #include "common.cuh"
 
-#define MMA_XBITS 30               // intdot.XBITS
+#define MMA_XBITS 22               // intdot.XBITS
 #define MMA_EMIN (-96)             // intdot.EMIN
 
 #define MMA_TILE 32                // rows per tile of mma_tiles' layout (gpu_layout.MMA_TILE)
@@ -53,7 +54,8 @@ __device__ __forceinline__ void pdl_wait() {
 // One warp per 256-value superblock s of activation row t (8 per block of 256 threads). Lane
 // (b, tq) = (lane/4, lane%4) converts elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of 32-block b: the
 // two 4-byte words of each digit L that its B-fragment slot holds, stored as one 8-byte write.
-extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restrict__ X, int n_in, int gs, int n_rows,
+// mins ≠ 0 (formats with a min term): also Mx, the block's sum of X times σ, per 32-block.
+extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restrict__ X, int n_in, int mins, int n_rows,
                                                           u8* __restrict__ dig, float* __restrict__ sig,
                                                           float* __restrict__ mxs) {
     pdl_trigger();
@@ -74,11 +76,11 @@ extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restric
     E = max(E, MMA_EMIN);
     const float up = pow2f(MMA_XBITS - E), sg = bad ? __int_as_float(0x7fc00000) : pow2f(E - MMA_XBITS);
     unsigned wd[4][2] = {};
-    long long sum[2] = {0, 0};
+    int sum = 0;                                         // (|X| ≤ 2^22: 32 of them fit)
 #pragma unroll
     for (int k = 0; k < 8; k++) {
         int r = bad ? 0 : __float2int_rn(v[k] * up);
-        sum[k / 4] += r;
+        sum += r;
 #pragma unroll
         for (int L = 0; L < 4; L++) {
             const int dd = ((r + 128) & 255) - 128;
@@ -89,16 +91,9 @@ extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restric
     u8* o = dig + ((long long)t * S + s) * 1024 + (b >> 1) * 128 + tq * 16 + (b & 1) * 8;
 #pragma unroll
     for (int L = 0; L < 4; L++) *(uint2*)(o + (L >> 1) * 512 + (L & 1) * 64) = make_uint2(wd[L][0], wd[L][1]);
-    // group sums of X (exact in int64, so their order does not matter): gs 32 = block b (four
-    // lanes, both words), gs 16 = half h of block b (four lanes, word h)
-    for (int k = 1; k < 4; k <<= 1) {
-        sum[0] += __shfl_xor_sync(0xffffffffu, sum[0], k);
-        sum[1] += __shfl_xor_sync(0xffffffffu, sum[1], k);
-    }
-    float* mo = mxs + ((long long)t * S + s) * (256 / gs);
-    if (tq == 0) {
-        if (gs == 32) mo[b] = __ll2float_rn(sum[0] + sum[1]) * sg;
-        else { mo[2 * b] = __ll2float_rn(sum[0]) * sg; mo[2 * b + 1] = __ll2float_rn(sum[1]) * sg; }
+    if (mins) {                                          // block b's sum: its four lanes' (exact)
+        for (int k = 1; k < 4; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
+        if (tq == 0) mxs[((long long)t * S + s) * 8 + b] = __int2float_rn(sum) * sg;
     }
     if (lane == 0) sig[t * S + s] = sg;
 }
@@ -108,8 +103,8 @@ __device__ __forceinline__ void mma32(int* d, unsigned a0, unsigned a1, unsigned
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b.x), "r"(b.y), "r"(0));
 }
-__device__ __forceinline__ void mma16(int* d, unsigned a0, unsigned a1, unsigned b) {
-    asm("mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};\n"
+__device__ __forceinline__ void mma16(int* d, unsigned a0, unsigned a1, unsigned b) {      // (signed A: Q6_K)
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};\n"
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(a0), "r"(a1), "r"(b), "r"(0));
 }
 __device__ __forceinline__ int sbyte(unsigned w, int k) { return (int)(w << (24 - 8 * k)) >> 24; }   // signed byte k
@@ -125,8 +120,10 @@ __device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) 
 // NBYTES, GS (weights per scale group), NB (ring depth); src: where mma_tiles takes byte w of a
 // 16-row group's superblock from (row p, byte of its block); load: lane position tq's words of
 // row p of a group in the ring (Raw).
+// MIN: the format has a min term (intdot.WITH_MIN); ASHIFT: the MMA's A holds 2^ASHIFT·q.
 struct MQ4_K {
-    static constexpr int NBYTES = 144, GS = 32, NB = MMA_NB_Q4_K;
+    static constexpr int NBYTES = 144, GS = 32, NB = MMA_NB_Q4_K, ASHIFT = 0;
+    static constexpr bool MIN = true;
     struct Raw { uint4 h; unsigned w[4][2]; };                 // header; chunk c's words at 4tq, 16+4tq
     // the blocks back to back (144/4 ≡ 4 mod 8: the 8 rows a warp instruction reads start in 8
     // distinct groups of 4 banks)
@@ -146,11 +143,12 @@ struct MQ4_K {
         const unsigned w = (gi >> 2) ? ((r.h.w >> 4) & 0x0F0F0F0Fu) | ((r.h.z >> 2) & 0x30303030u) : r.h.z & 0x3F3F3F3Fu;
         return byte_f(w, gi & 3, 0.f);
     }
-    __device__ static float d(const Raw& r) { return __half2float(__ushort_as_half((unsigned short)(r.h.x & 0xFFFF))); }
-    __device__ static float dm(const Raw& r) { return __half2float(__ushort_as_half((unsigned short)(r.h.x >> 16))); }
+    __device__ static float d(const Raw& r) { return f16f((unsigned short)(r.h.x & 0xFFFF)); }
+    __device__ static float dm(const Raw& r) { return f16f((unsigned short)(r.h.x >> 16)); }
 };
 struct MQ6_K {
-    static constexpr int NBYTES = 210, GS = 16, NB = MMA_NB_Q6_K;
+    static constexpr int NBYTES = 210, GS = 16, NB = MMA_NB_Q6_K, ASHIFT = 2;
+    static constexpr bool MIN = false;
     struct Raw { unsigned ql[2][4], qh[2][2], sc[4]; unsigned short d; };
     // A 16-row group's superblock by field: ql (16 × 128 bytes), qh (16 × 64), scales (16 × 16), d
     // (16 × 2). Row p's 16-byte piece k of ql sits at slot k ^ (p % 8), of qh at k ^ (p / 2 % 4):
@@ -176,9 +174,9 @@ struct MQ6_K {
         r.sc[0] = sc.x; r.sc[1] = sc.y; r.sc[2] = sc.z; r.sc[3] = sc.w;
         r.d = *(const unsigned short*)(grp + D + 2 * p);
     }
-    __device__ static float cm(const Raw& r, int gi) { return byte_f(r.sc[gi >> 2] ^ 0x80808080u, gi & 3, 128.f); }
-    __device__ static float d(const Raw& r) { return __half2float(__ushort_as_half(r.d)); }
-    __device__ static float dm(const Raw& r) { return d(r) * 32.f; }
+    __device__ static float d(const Raw& r) { return f16f(r.d); }
+    __device__ static float cm(const Raw&, int) { return 0.f; }   // (no min term)
+    __device__ static float dm(const Raw&) { return 0.f; }
 };
 
 // grid-stride over the output's 2-byte words (blocks are 2-byte aligned); experts: source slabs.
@@ -208,19 +206,28 @@ extern "C" __global__ void mma_tiles_##Q(const unsigned short* W, const int* exp
 MMA_TILES(Q4_K)
 MMA_TILES(Q6_K)
 
-// Columns: MMA k (of NK per weight group), column n ↔ member (n/2)·NK/2 + k/2, digit 2(k%2) + n%2, so
-// lane (g, tq) supplies B column g and its D fragment holds all four digits of members tq·NK/2 + j
-// (j < NK/2: MMAs 2j and 2j+1) for rows g and g+8 of each tile — each lane finishes its own sums:
-//   I = Σ digits · 2^(8·digit), acc = fma(d, f32(I)·σ, acc), acc = fma(−dm, mm, acc), mm being the
-//   fma chain over the G groups of (cm of the row, Mx of the member), in group order.
-// NK = 1 (at most 2 members): column n ↔ (member n/4, digit n%4); lanes tq and tq^1 then hold digits
-// (0, 1) and (2, 3) of member tq/2 and trade halves: the even lane finishes row g, the odd row g+8
-// (its sums sit in acc[mt][0][0]).
+// Columns (B column n is supplied by the lanes with g = n; lane (g, tq) holds D columns 2tq, 2tq+1 of
+// rows g and g+8), by NK, the MMAs per weight group:
+// NK = 3 (up to 8 members): MMA k = digit k, column n = member n; lane tq finishes members 2tq and
+//   2tq+1 (D column j of each MMA). X has three digits (|X| ≤ 2^22), so a fourth MMA would add 0.
+// NK = 2 (up to 4 members): column n ↔ member n/2, digit 2k + n%2; lane tq finishes member tq.
+// NK = 1 (up to 2 members): column n ↔ member n/4, digit n%4; lanes tq and tq^1 hold digits (0, 1)
+//   and (2, 3) of member tq/2 and trade halves: the even lane finishes row g, the odd row g+8 (its
+//   sums sit in acc[mt][0][0]).
+// Each lane then finishes its own sums: I = Σ digits · 2^(8·digit), acc = fma(d, f32(I)·σ, acc),
+// acc = fma(−dm, mm, acc), mm being the fma chain over the G groups of (cm of the row, Mx of the
+// member), in group order.
 template <int NK> struct Cols {
-    static constexpr int J = NK > 1 ? NK / 2 : 1;                              // members a lane finishes
-    __device__ static int bmember(int g, int k) { return NK > 1 ? (g >> 1) * (NK / 2) + (k >> 1) : g >> 2; }
-    __device__ static int bdigit(int g, int k) { return NK > 1 ? 2 * (k & 1) + (g & 1) : g & 3; }
-    __device__ static int dmember(int tq, int j) { return NK > 1 ? tq * (NK / 2) + j : tq >> 1; }
+    static_assert(NK >= 1 && NK <= 3, "1, 2 or 3 MMAs per weight group");
+    static constexpr int J = NK == 3 ? 2 : 1;                                  // members a lane finishes
+    __device__ static int bmember(int g) { return NK == 3 ? g : NK == 2 ? g >> 1 : g >> 2; }
+    __device__ static int bdigit(int g, int k) { return NK == 3 ? k : NK == 2 ? 2 * k + (g & 1) : g & 3; }
+    __device__ static int dmember(int tq, int j) { return NK == 3 ? 2 * tq + j : NK == 2 ? tq : tq >> 1; }
+    // NK > 1: the exact sum of member j's digit dots for row rr (g, g+8) from the lane's D sums
+    __device__ static long long join(const int (*T)[4], int rr, int j) {
+        if (NK == 3) return (long long)T[0][2 * rr + j] + 256LL * T[1][2 * rr + j] + 65536LL * T[2][2 * rr + j];
+        return (long long)T[0][2 * rr] + 256LL * T[0][2 * rr + 1] + 65536LL * T[1][2 * rr] + 16777216LL * T[1][2 * rr + 1];
+    }
 };
 
 template <class F, int NK, int MT>
@@ -234,7 +241,7 @@ __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[N
 #pragma unroll
         for (int j = 0; j < J; j++) mm[mt][j][0] = mm[mt][j][1] = 0.f;
 #pragma unroll
-    for (int v = 0; v < G / 4; v++) {
+    for (int v = 0; v < (F::MIN ? G / 4 : 0); v++) {
         float4 mx[J];
 #pragma unroll
         for (int j = 0; j < J; j++) mx[j] = __ldg((const float4*)(mxs + moff[j]) + v);
@@ -262,9 +269,7 @@ __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[N
             for (int j = 0; j < J; j++) {
                 long long I;
                 if (NK > 1) {
-                    const int* t0 = T[mt][2 * j];
-                    const int* t1 = T[mt][2 * j + 1];
-                    I = (long long)t0[2 * rr] + 256LL * t0[2 * rr + 1] + 65536LL * t1[2 * rr] + 16777216LL * t1[2 * rr + 1];
+                    I = Cols<NK>::join(T[mt], rr, j);
                 } else {
                     const int* t = T[mt][0];
                     const int ra = __shfl_xor_sync(0xffffffffu, odd ? t[0] : t[2], 1);
@@ -273,8 +278,8 @@ __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[N
                         16777216LL * (odd ? t[3] : rb);
                 }
                 float& sm = acc[mt][j][rr];
-                sm = __fmaf_rn(dd, __fmul_rn(__ll2float_rn(I), sg[j]), sm);
-                sm = __fmaf_rn(-dm, mm[mt][j][rr], sm);
+                sm = __fmaf_rn(dd, __fmul_rn(__ll2float_rn(I >> F::ASHIFT), sg[j]), sm);   // (exact shift)
+                if (F::MIN) sm = __fmaf_rn(-dm, mm[mt][j][rr], sm);
             }
         }
 }
@@ -314,9 +319,11 @@ __device__ __forceinline__ void block32(const MQ6_K::Raw (*a)[2], int b, const u
 #pragma unroll
             for (int rr = 0; rr < 2; rr++) {
                 const MQ6_K::Raw& r = a[mt][rr];
-                const unsigned lo = (r.ql[h][2 * (k4 & 1) + grp] >> (4 * (k4 >> 1))) & 0x0F0F0F0Fu;
-                const unsigned hi = ((r.qh[h][grp] >> (2 * k4)) & 0x03030303u) << 4;
-                av[rr] = lo | hi;
+                // 4·(q − 32) as a signed byte: (q << 2) with bit 7 flipped; q = low nibble | high bits << 4
+                const unsigned w = r.ql[h][2 * (k4 & 1) + grp];
+                const unsigned lo = ((k4 >> 1) ? w >> 2 : w << 2) & 0x3C3C3C3Cu;
+                const unsigned hi = (r.qh[h][grp] << (6 - 2 * k4)) & 0xC0C0C0C0u;
+                av[rr] = (lo | hi) ^ 0x80808080u;
                 sv[rr] = sbyte(r.sc[gi >> 2], gi & 3);
             }
 #pragma unroll
@@ -329,13 +336,12 @@ __device__ __forceinline__ void block32(const MQ6_K::Raw (*a)[2], int b, const u
     }
 }
 
-// One superblock of MT tiles (raw a[mt][0], a[mt][1]: rows g, g+8) against the lane's B fragments,
-// xb + xo[k] + 8·bp: MMA k, 32-blocks 2bp (.x, .y) and 2bp+1 (.z, .w); adds to acc[mt][j][row].
-template <class F, int NK, int MT>
-__device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const uint4* __restrict__ xb, const int* xo,
-                                           const float* sg, const float* __restrict__ mxs, const int* moff,
-                                           float (*acc)[Cols<NK>::J][2], int tq) {
-    int T[MT][NK][4];
+// One superblock's digit dots of MT tiles (raw a[mt][0], a[mt][1]: rows g, g+8) into T. The lane's
+// B fragments of MMA k, 32-blocks 2bp (.x, .y) and 2bp+1 (.z, .w): xf[bp][k] for bp < XPF (loaded
+// ahead by the caller), else loaded here from xb + xo[k] + 8·bp.
+template <int NK, int MT, int XPF, class Raw>
+__device__ __forceinline__ void dots(const Raw (*a)[2], const uint4* __restrict__ xb, const int* xo,
+                                     const uint4 (*xf)[NK], int (*T)[NK][4]) {
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -345,20 +351,19 @@ __device__ __forceinline__ void superblock(const typename F::Raw (*a)[2], const 
         uint2 x[2][NK];
 #pragma unroll
         for (int k = 0; k < NK; k++) {
-            const uint4 v = __ldg(xb + xo[k] + 8 * bp);
+            const uint4 v = bp < XPF ? xf[bp < XPF ? bp : 0][k] : __ldg(xb + xo[k] + 8 * bp);
             x[0][k] = make_uint2(v.x, v.y);
             x[1][k] = make_uint2(v.z, v.w);
         }
         block32<NK, MT>(a, 2 * bp, x[0], T);
         block32<NK, MT>(a, 2 * bp + 1, x[1], T);
     }
-    finish<F, NK, MT>(a, T, mxs, moff, sg, acc, tq);
 }
 
-// One work item: MT 16-row tiles of one group (≤ max(2·NK, 2) members), as lane (g, tq) sees it.
+// One work item: MT 16-row tiles of one group (≤ 2, 4, 8 members for NK 1, 2, 3), as lane (g, tq) sees it.
 template <int NK>
 struct Item {
-    int r0, nt, tb[Cols<NK>::J], td[Cols<NK>::J], od[Cols<NK>::J];
+    int r0, nt, tb, td[Cols<NK>::J], od[Cols<NK>::J];
 };
 template <int NK, int MT>
 __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
@@ -367,9 +372,9 @@ __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__
     const int grp = i / tpg, m0 = gstart[grp];
     it.r0 = (i % tpg) * 16 * MT + g;
     it.nt = gstart[grp + 1] - m0;
+    it.tb = mx[m0 + min(Cols<NK>::bmember(g), it.nt - 1)];      // B column's member, D's (clamped)
 #pragma unroll
-    for (int j = 0; j < Cols<NK>::J; j++) {             // B column's member, D's members (clamped)
-        it.tb[j] = mx[m0 + min(Cols<NK>::bmember(g, 2 * j), it.nt - 1)];
+    for (int j = 0; j < Cols<NK>::J; j++) {
         const int k = m0 + min(Cols<NK>::dmember(tq, j), it.nt - 1);
         it.td[j] = mx[k];
         it.od[j] = mo[k];
@@ -381,7 +386,7 @@ __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__
 // shared buffers (an item's superblock each: 16·MT·NBYTES contiguous bytes of mma_tiles' layout,
 // copied by cp.async in 16-byte pieces), so NB-1 superblocks are in flight while one is computed.
 // Warps share nothing.
-template <class F, int NK, int MT>
+template <class F, int NK, int MT, int XPF>
 __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int n_in,
                          const int* __restrict__ gexp, const int* __restrict__ gstart, const int* __restrict__ mx,
                          const int* __restrict__ mo, const uint4* __restrict__ xb, const float* __restrict__ sig,
@@ -420,9 +425,30 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     fitem(i0);
 #pragma unroll
     for (int j = 0; j < F::NB - 1; j++) fetch();
-    pdl_wait();                                          // x_fixed's output is read from here on
-    Item<NK> it = item<NK, MT>(i0, tpg, gstart, mx, mo, g, tq);
+    // the item and the next one (host arrays: ready before x_fixed is)
+    Item<NK> it = item<NK, MT>(i0, tpg, gstart, mx, mo, g, tq), nx = it;
+    if (i0 + 1 < i1) nx = item<NK, MT>(i0 + 1, tpg, gstart, mx, mo, g, tq);
+    // MMA k's B fragments of member tb, superblock s (uint4s; + 8·bp for block pair bp)
+    auto xoff = [&](int tb, int s, int k) {
+        const int L = Cols<NK>::bdigit(g, k);
+        return (tb * S + s) * 64 + (L >> 1) * 32 + (L & 1) * 4 + tq;
+    };
+    // The first XPF block pairs' fragments and the σ of the superblock computed next, loaded one
+    // superblock ahead (their latency stalled each superblock's first MMAs and its last multiplies:
+    // ncu, session 6).
     constexpr int J = Cols<NK>::J;
+    uint4 xf[XPF > 0 ? XPF : 1][NK];
+    float sg[J];
+    auto prefetch = [&](const Item<NK>& m, int s) {
+#pragma unroll
+        for (int bp = 0; bp < XPF; bp++)
+#pragma unroll
+            for (int k = 0; k < NK; k++) xf[bp][k] = __ldg(xb + xoff(m.tb, s, k) + 8 * bp);
+#pragma unroll
+        for (int j = 0; j < J; j++) sg[j] = __ldg(sig + m.td[j] * S + s);
+    };
+    pdl_wait();                                          // x_fixed's output is read from here on
+    prefetch(it, 0);
     float acc[MT][J][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -438,18 +464,18 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         for (int v = 0; v < 2 * MT; v++)
             F::load(sl + (v >> 1) * 16 * F::NBYTES, g + 8 * (v & 1), tq, cur[v >> 1][v & 1]);
         int xo[NK], moff[J];
-        float sg[J];
 #pragma unroll
-        for (int k = 0; k < NK; k++) {
-            const int L = Cols<NK>::bdigit(g, k);
-            xo[k] = (it.tb[k >> 1] * S + s) * 64 + (L >> 1) * 32 + (L & 1) * 4 + tq;
-        }
+        for (int k = 0; k < NK; k++) xo[k] = xoff(it.tb, s, k);
 #pragma unroll
-        for (int j = 0; j < J; j++) {
-            moff[j] = (it.td[j] * S + s) * G;
-            sg[j] = __ldg(sig + it.td[j] * S + s);
-        }
-        superblock<F, NK, MT>(cur, xb, xo, sg, mxs, moff, acc, tq);
+        for (int j = 0; j < J; j++) moff[j] = (it.td[j] * S + s) * G;
+        int T[MT][NK][4];
+        dots<NK, MT, XPF>(cur, xb, xo, xf, T);
+        float sgc[J];
+#pragma unroll
+        for (int j = 0; j < J; j++) sgc[j] = sg[j];
+        if (s + 1 < S) prefetch(it, s + 1);
+        else if (i + 1 < i1) prefetch(nx, 0);
+        finish<F, NK, MT>(cur, T, mxs, moff, sgc, acc, tq);
         __syncwarp();                                    // the slot is refilled next
         if (++slot == F::NB) slot = 0;
         if (++s == S) {                                  // item done: every lane holds its members' sums
@@ -468,13 +494,14 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                 }
             }
             s = 0;
-            if (++i < i1) it = item<NK, MT>(i, tpg, gstart, mx, mo, g, tq);
+            it = nx;
+            if (++i + 1 < i1) nx = item<NK, MT>(i + 1, tpg, gstart, mx, mo, g, tq);
         }
     }
     cp_async_wait<0>();
 }
 
-// moe_mma<n>_<Q>: groups of up to n members (n/2 MMAs per weight group; one for n = 2), MT tiles
+// moe_mma<n>_<Q>: groups of up to n members (1, 2, 3 MMAs per weight group for n = 2, 4, 8), MT tiles
 // per item (gpu_layout.MMA_MT[n]), MINB blocks per SM the register budget is set for.
 // grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
 // 4·NB·16·MT·NBYTES (gpu_layout.mma_smem); item = (group, MT 16-row tiles); W, W2 in mma_tiles'
@@ -486,12 +513,12 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 #ifndef MMA_MINB_2
 #define MMA_MINB_2 2
 #endif
-#define MMA_ENTRY(NAME, F, NK, MT)                                                                               \
+#define MMA_ENTRY(NAME, F, NK, MT, XPF)                                                                          \
 extern "C" __global__ void __launch_bounds__(128, MMA_MINB_##MT) NAME(                                          \
         const u8* W, const u8* W2, long long es, int R, int n_in, const int* gexp, const int* gstart,            \
         const int* mx, const int* mo, const uint4* xb, const float* sig, const float* mxs, float* out,           \
         float* out2, int n_items, int per_warp) {                                                                \
-    mma_rows<F, NK, MT>(W, W2, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp);   \
+    mma_rows<F, NK, MT, XPF>(W, W2, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp); \
 }
 #ifndef MMA_MT_2                   // tiles per item by members served (gpu_layout.MMA_MT; tuning builds override)
 #define MMA_MT_2 1
@@ -502,13 +529,16 @@ extern "C" __global__ void __launch_bounds__(128, MMA_MINB_##MT) NAME(          
 #ifndef MMA_MT_8
 #define MMA_MT_8 2
 #endif
-#define MMA_ENTRY_(NAME, F, NK, MT) MMA_ENTRY(NAME, F, NK, MT)
+#ifndef MMA_XPF                    // block pairs (of 4) of B fragments loaded a superblock ahead
+#define MMA_XPF 4                  // (session 6, H100: Q6_K 8 tokens 237 → 202 µs; 1 token: no change)
+#endif
+#define MMA_ENTRY_(NAME, F, NK, MT) MMA_ENTRY(NAME, F, NK, MT, MMA_XPF)
 MMA_ENTRY_(moe_mma2_Q4_K, MQ4_K, 1, MMA_MT_2)
 MMA_ENTRY_(moe_mma4_Q4_K, MQ4_K, 2, MMA_MT_4)
-MMA_ENTRY_(moe_mma8_Q4_K, MQ4_K, 4, MMA_MT_8)
+MMA_ENTRY_(moe_mma8_Q4_K, MQ4_K, 3, MMA_MT_8)
 MMA_ENTRY_(moe_mma2_Q6_K, MQ6_K, 1, MMA_MT_2)
 MMA_ENTRY_(moe_mma4_Q6_K, MQ6_K, 2, MMA_MT_4)
-MMA_ENTRY_(moe_mma8_Q6_K, MQ6_K, 4, MMA_MT_8)
+MMA_ENTRY_(moe_mma8_Q6_K, MQ6_K, 3, MMA_MT_8)
 
 // act(gate, up) of the tensor-core gate+up launch (the float kernels fuse it)
 extern "C" __global__ void act_rows(const float* g, const float* u, float* out, long long n, int act, float alpha,
