@@ -72,7 +72,8 @@ def test_gpu_oom_in_a_launch_names_layer_and_bytes(monkeypatch):
     t = QTensor.from_weights("blk.3.ffn_up_exps.weight", w, "Q4_K")
     with pytest.raises(DeviceOutOfMemory) as e:
         be.moe_matvec(t, np.array([[0, 2]]), np.ones((1, 256), np.float32))
-    need = 2 * L.mma_tiled_bytes(QTYPES["Q4_K"], 40, 256) + 4 * 2 * 40
+    need = 2 * L.mma_tiled_bytes(QTYPES["Q4_K"], 40, 256, 2) + 4 * 2 * 40      # 2 experts of one member: 16-row tiles
+    assert need == 2 * 48 * 144 + 4 * 2 * 40
     assert str(e.value) == f"GPU out of memory computing blk.3.ffn_up_exps.weight (layer 3): {need} bytes asked, 7 of 80 free"
 
 

@@ -147,7 +147,7 @@ def test_kernel_constants_match_intdot():
         assert (nbytes, gs, int(d[f"MMA_NB_{name}"])) == (qt.nbytes, intdot.GROUP[name], nb)
         assert (row.group(3) == "true") == (name in intdot.WITH_MIN)
     assert "__launch_bounds__(128, MMA_MINB_##MT)" in src and L.MMA_WARPS * 32 == 128
-    assert int(d["MMA_TILE"]) == L.MMA_TILE and all(L.MMA_TILE % (16 * mt) == 0 for mt in L.MMA_MT.values())
+    assert all(L.mma_tile(n) == 16 * L.MMA_MT[n] for n in L.MMA_MEMBERS)   # the layout's tile: one item
     assert re.search(r"return act == \"f32\" and name in GROUP", open(intdot.__file__).read())
 
 

@@ -108,7 +108,8 @@ class CudaBackend(Backend):
         except self.cp.cuda.memory.OutOfMemoryError:
             # the launch's own buffers: outputs, activations and, on the tensor cores, the weights'
             # tiled copy (the largest: as many bytes as the weights, in whole tiles)
-            tiled = len(tensors) * len(experts) * L.mma_tiled_bytes(qt, first.n_out, first.n_in) \
+            members = L.mma_groups(len(experts), L.layout(ids, shared)[1])[2]
+            tiled = len(tensors) * len(experts) * L.mma_tiled_bytes(qt, first.n_out, first.n_in, members) \
                 if intdot.serves(qt.name, act) else 0
             raise self.uploader._oom(first, tiled + 4 * T * k * first.n_out * (1 if len(tensors) == 1 else 3),
                                      "computing") from None
@@ -143,17 +144,18 @@ class Launch:
         o = self.outs
         hexp = experts if in_place else np.arange(len(experts))      # which weight slab each group reads
         row_bytes = n_in // qt.block * qt.nbytes
-        groups = (cp.asarray(start), cp.asarray(mx), cp.asarray(mo))       # (start: the float kernels only)
+        mxo = (cp.asarray(mx), cp.asarray(mo))
         self.steps, self.prep = [], []
-        tcap = L.tcap_of(start)
         if intdot.serves(qt.name, act):
             # tensor cores: weights into their tiled layout (once, like an upload), then per call
             # activations to fixed point, one launch (gate and up: grid y), then act
-            es = L.mma_tiled_bytes(qt, R, n_in)
+            gx, gs0, members = L.mma_groups(len(hexp), start)
+            es = L.mma_tiled_bytes(qt, R, n_in, members)
             src = cp.asarray(hexp, dtype=cp.int32)
             Wt = [cp.empty(len(hexp) * es, cp.uint8) for _ in Ws]
             self.prep = [(be.module.get_function(f"mma_tiles_{qt.name}"), (be.sm_count * 8,), (256,), 0,
-                          (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), D, np.int64(D.size // 2)))
+                          (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes),
+                           np.int32(L.mma_tile(members)), D, np.int64(D.size // 2)))
                          for W, D in zip(Ws, Wt)]
             self.run(self.prep)
             mins, S, n = qt.name in intdot.WITH_MIN, n_in // intdot.SB, X.shape[0]
@@ -161,9 +163,6 @@ class Launch:
             mxs = cp.empty(n * S * 256 // intdot.GROUP[qt.name] if mins else 1, cp.float32)   # (the min's Mx)
             self.steps.append((be.module.get_function("x_fixed"), (-(-n * S // 8),), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(mins), np.int32(n), dig, sig, mxs)))
-            gx, gs0 = L.member_chunks(np.arange(len(hexp)), start, L.MMA_MEMBERS[-1])
-            most = np.diff(gs0).max(initial=1)
-            members = next(m for m in L.MMA_MEMBERS if m >= most)
             fn = be.module.get_function(f"moe_mma{members}_{qt.name}")
             smem = L.mma_smem(qt, members)
             fn.max_dynamic_shared_size_bytes = smem
@@ -171,7 +170,7 @@ class Launch:
             per_warp = -(-n_items // (be.sm_count * L.MMA_WARPS * be.occupancy(fn, 32 * L.MMA_WARPS, smem)))
             self.steps.append((fn, (-(-n_items // (L.MMA_WARPS * per_warp)), nw), (32 * L.MMA_WARPS,), smem,
                                (Wt[0], Wt[-1], np.int64(es), np.int32(R), np.int32(n_in),
-                                cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *groups[1:], dig, sig, mxs,
+                                cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *mxo, dig, sig, mxs,
                                 o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp)), "pdl"))
             if nw == 2:
                 N = T * k * R
@@ -179,13 +178,14 @@ class Launch:
                                    (o[0], o[1], o[2], np.int64(N), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit))))
             return
         Xq, S, mode = L.activations(X, qt, act)
+        tcap = L.tcap_of(start)
         cw = L.chunk_weights(qt, tcap, n_in, nw)
         smem = L.smem_bytes(qt, cw, tcap, n_in, nw)
         fn = be.module.get_function(L.kernel_name(tcap, n_in, nw, qt))
         fn.max_dynamic_shared_size_bytes = smem
         self.steps.append((fn, (-(-R // L.rows_per_block(tcap, n_in, nw)), len(experts)), (L.WARPS * 32,), smem,
                            (Ws[0], Ws[-1], np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), np.int32(n_in),
-                            cp.asarray(hexp, dtype=cp.int32), *groups, cp.asarray(Xq), cp.asarray(S),
+                            cp.asarray(hexp, dtype=cp.int32), cp.asarray(start), *mxo, cp.asarray(Xq), cp.asarray(S),
                             o[0], o[1 % len(o)], o[2 % len(o)],
                             np.int32(mode), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit), np.int32(cw))))
 

@@ -124,11 +124,11 @@ class EmulatedCudaBackend(Backend):
         ids, xb = check_shapes(tensor, ids, x)
         T, k = ids.shape
         X = np.ascontiguousarray(xb.reshape(T * k, -1), F32)
-        tcap = L.tcap_of(L.layout(ids, True)[1])
         if intdot.serves(qt.name, act):               # the tensor-core kernels (intdot.py)
             def rows(e, sel):
                 return intdot.matvec(np.asarray(tensor.expert(int(e))).reshape(tensor.n_out, -1), qt.name, X[sel])
         else:
+            tcap = L.tcap_of(L.layout(ids, True)[1])
             Xq, S, mode = L.activations(X, qt, act)
             sig = group_sums(Xq)
             cw = L.chunk_weights(qt, tcap, tensor.n_in, nw)

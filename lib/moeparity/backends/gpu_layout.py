@@ -26,13 +26,13 @@ MIN_FORMATS = ("Q4_1", "Q5_1", "Q4_K", "Q5_K")             # q8_1 mode: min term
 USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kernels stage Σx per 8 weights
 
 
-# Tensor-core kernels (kernels/moe_mma.cuh): moe_mma<n>_* serves groups of at most n members (n/2 MMAs
-# per weight group, one for n = 2; larger groups are split) with MMA_MT[n] 16-row tiles per work
-# item; weights in mma_tiles' layout (tiles of MMA_TILE rows); per format the depth of each warp's
-# shared ring (MMA_NB_* there). A block is MMA_WARPS warps.
+# Tensor-core kernels (kernels/moe_mma.cuh): moe_mma<n>_* serves groups of at most n members (1, 2, 3
+# MMAs per weight group for n = 2, 4, 8; larger groups are split) with MMA_MT[n] 16-row tiles per work
+# item; weights in mma_tiles' layout, whose tiles are the kernel's items (16·MMA_MT[n] rows, so an
+# item's bytes are contiguous); per format the depth of each warp's shared ring (MMA_NB_* there). A
+# block is MMA_WARPS warps.
 MMA_MEMBERS = (2, 4, 8)
 MMA_MT = {2: 1, 4: 2, 8: 2}
-MMA_TILE = 32
 MMA_RING = {"Q4_K": 3, "Q6_K": 2}
 MMA_WARPS = 4
 
@@ -41,9 +41,22 @@ def mma_smem(qt, members: int) -> int:
     return MMA_WARPS * MMA_RING[qt.name] * 16 * MMA_MT[members] * qt.nbytes
 
 
-def mma_tiled_bytes(qt, R: int, n_in: int) -> int:
-    """Bytes of one expert in mma_tiles' layout: whole tiles of MMA_TILE rows (the last padded)."""
-    return -(-R // MMA_TILE) * MMA_TILE * (n_in // qt.block) * qt.nbytes
+def mma_tile(members: int) -> int:
+    """Rows per tile of mma_tiles' layout for the kernel serving `members`: one work item."""
+    return 16 * MMA_MT[members]
+
+
+def mma_tiled_bytes(qt, R: int, n_in: int, members: int) -> int:
+    """Bytes of one expert in mma_tiles' layout: whole tiles (the last padded)."""
+    t = mma_tile(members)
+    return -(-R // t) * t * (n_in // qt.block) * qt.nbytes
+
+
+def mma_groups(n_experts: int, start: np.ndarray):
+    """The tensor-core launch's groups: (their weight slabs, starts, the kernel's member count n)."""
+    gx, gs0 = member_chunks(np.arange(n_experts), start, MMA_MEMBERS[-1])
+    most = np.diff(gs0).max(initial=1)
+    return gx, gs0, next(m for m in MMA_MEMBERS if m >= most)
 
 
 def member_chunks(gexp: np.ndarray, start: np.ndarray, most: int):

@@ -10,13 +10,13 @@
 // of mma.m16n8k32; b0 also serves as the k16 operand). A warp's 16-byte load of one MMA's fragments
 // then reads 128 contiguous bytes per member.
 //
-// mma_tiles_<Q> copies the experts' weights into the kernels' layout: per expert, per tile of
-// MMA_TILE rows, per superblock s, per 16-row group, the group rows' s-th blocks (rows past R:
-// zeros), arranged by the format's struct (Q4_K: the blocks back to back; Q6_K: by field, with
-// 16-byte pieces swizzled so that the 8 rows a warp instruction reads hit distinct banks). A stage
-// of a warp's ring (16 or 32 rows of one superblock) is then one contiguous read; in the file's
-// row-major order it was one read per row at the row stride, which the H100 served 10–20 % slower
-// (session 5).
+// mma_tiles_<Q> copies the experts' weights into the kernels' layout: per expert, per tile (the
+// launch's work item: 16 or 32 rows), per superblock s, per 16-row group, the group rows' s-th
+// blocks (rows past R: zeros), arranged by the format's struct (Q4_K: the blocks back to back; Q6_K:
+// by field, with 16-byte pieces swizzled so that the 8 rows a warp instruction reads hit distinct
+// banks). A stage of a warp's ring (an item's superblock) is then one contiguous read, and an item
+// one contiguous run; in the file's row-major order a stage was one read per row at the row stride,
+// which the H100 served 10–20 % slower (session 5).
 //
 // moe_mma<n>: work items are MT 16-row tiles (the MMA's M) of one group (an expert and ≤ n members);
 // each warp streams a run of items superblock by superblock through its own cp.async ring in
@@ -32,8 +32,6 @@
 
 #define MMA_XBITS 22               // intdot.XBITS
 #define MMA_EMIN (-96)             // intdot.EMIN
-
-#define MMA_TILE 32                // rows per tile of mma_tiles' layout (gpu_layout.MMA_TILE)
 
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }   // e in [-126, 127]
 
@@ -180,12 +178,13 @@ struct MQ6_K {
 };
 
 // grid-stride over the output's 2-byte words (blocks are 2-byte aligned); experts: source slabs.
-// Output order: [expert][tile of MMA_TILE rows][superblock][16-row group][F's arrangement].
+// Output order: [expert][tile of `tile` rows][superblock][16-row group][F's arrangement]; tile = the
+// rows of the launch's work item (gpu_layout.mma_tile), so an item's bytes are contiguous.
 template <class F>
 __device__ void mma_tiles(const unsigned short* __restrict__ W, const int* __restrict__ experts, long long es, int R,
-                          int row_bytes, unsigned short* __restrict__ out, long long n_out) {
-    constexpr int G16 = 16 * F::NBYTES, GROUPS = MMA_TILE / 16;
-    const int S = row_bytes / F::NBYTES, tiles = (R + MMA_TILE - 1) / MMA_TILE;
+                          int row_bytes, int tile, unsigned short* __restrict__ out, long long n_out) {
+    constexpr int G16 = 16 * F::NBYTES;
+    const int S = row_bytes / F::NBYTES, tiles = (R + tile - 1) / tile, GROUPS = tile / 16;
     for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += (long long)gridDim.x * blockDim.x) {
         long long q = 2 * o / G16;
         int p;
@@ -193,15 +192,15 @@ __device__ void mma_tiles(const unsigned short* __restrict__ W, const int* __res
         q /= GROUPS;
         const int sb = (int)(q % S);
         q /= S;
-        const int r = (int)(q % tiles) * MMA_TILE + 16 * grp + p;
+        const int r = (int)(q % tiles) * tile + 16 * grp + p;
         const long long e = experts[q / tiles];
         out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * F::NBYTES + byte) / 2] : (unsigned short)0;
     }
 }
 #define MMA_TILES(Q)                                                                                             \
 extern "C" __global__ void mma_tiles_##Q(const unsigned short* W, const int* experts, long long es, int R,       \
-                                         int row_bytes, unsigned short* out, long long n_out) {                 \
-    mma_tiles<M##Q>(W, experts, es, R, row_bytes, out, n_out);                                                   \
+                                         int row_bytes, int tile, unsigned short* out, long long n_out) {       \
+    mma_tiles<M##Q>(W, experts, es, R, row_bytes, tile, out, n_out);                                             \
 }
 MMA_TILES(Q4_K)
 MMA_TILES(Q6_K)
@@ -394,8 +393,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
                          int per_warp) {
     extern __shared__ __align__(16) unsigned char ring[];
     constexpr int RI = 16 * MT, SLOT = RI * F::NBYTES, NP = SLOT / 16, NC = (NP + 31) / 32;
-    constexpr long long LS = MMA_TILE * F::NBYTES;      // a layout tile's superblock
-    static_assert(SLOT % 16 == 0 && MMA_TILE % RI == 0, "an item is whole 16-byte pieces of one layout tile");
+    static_assert(SLOT % 16 == 0, "an item's superblock is whole 16-byte pieces");
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
     if (i0 >= i1) return;
@@ -407,13 +405,12 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     int fi = i0, fs = 0, fslot = 0;
     const u8* fb;
     auto fitem = [&](int i) {
-        const int r0 = (i % tpg) * RI;
-        fb = Wz + (long long)gexp[i / tpg] * es + (long long)(r0 / MMA_TILE) * S * LS + (r0 % MMA_TILE) * F::NBYTES;
+        fb = Wz + (long long)gexp[i / tpg] * es + (long long)(i % tpg) * S * SLOT;   // the item's layout tile
     };
     auto fetch = [&]() {
         if (fi < i1) {
             u8* dst = my + fslot * SLOT + 16 * lane;
-            const u8* src = fb + fs * LS + 16 * lane;
+            const u8* src = fb + fs * SLOT + 16 * lane;
 #pragma unroll
             for (int c = 0; c < NC; c++)
                 if (32 * NC == NP || lane + 32 * c < NP) cp_async16(dst + 512 * c, src + 512 * c);
