@@ -152,14 +152,15 @@ def test_kernel_constants_match_intdot():
 
 
 def test_tensor_core_entry_points_exist():
-    """cuda.py launches mma_tiles_<Q>, x_fixed, moe_mma<n>_<Q> (n in gpu_layout.MMA_MEMBERS) and act_rows
+    """cuda.py launches mma_tiles<tile>_<Q>, x_fixed, moe_mma<n>_<Q> (n in gpu_layout.MMA_MEMBERS) and act_rows
     by name."""
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     for q in intdot.GROUP:
         for n, nk in zip(L.MMA_MEMBERS, (1, 2, 3)):                # MMAs per weight group (see Cols)
             assert f"MMA_ENTRY_(moe_mma{n}_{q}, M{q}, {nk}, MMA_MT_{n})" in src
             assert re.search(rf"#define MMA_MT_{n} {L.MMA_MT[n]}\n", src)      # tiles per item, as cuda.py counts them
-        assert f"MMA_TILES({q})" in src                              # mma_tiles_<Q>: the weights' tiled copy
+        for n in L.MMA_MEMBERS:                                    # mma_tiles<tile>_<Q>: the weights' tiled copy
+            assert f"MMA_TILES({q}, {L.mma_tile(n)})" in src
     assert 'void __launch_bounds__(256) x_fixed(' in src and "void act_rows(" in src
     assert L.MMA_MEMBERS == (2, 4, 8)
     assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()

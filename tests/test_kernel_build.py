@@ -64,3 +64,12 @@ def test_nvrtc_failure_is_one_line(fake):
         kernel_build.build(cp, str(src), "main.cu", NVRTC_OPTIONS)
     assert "boom" in str(e.value) and "\n" not in str(e.value)
     assert not list((src.parent / "cache").glob("*"))       # nothing half-written left behind
+
+
+def test_unwritable_cache_still_builds(fake, monkeypatch, tmp_path):
+    cp, src, calls, _ = fake
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MOEPARITY_KERNEL_CACHE", str(blocker / "cache"))   # a path under a file
+    m = kernel_build.build(cp, str(src), "main.cu", NVRTC_OPTIONS)
+    assert m[2] == b"CUBIN" and len(calls) == 1

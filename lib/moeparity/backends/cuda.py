@@ -153,9 +153,9 @@ class Launch:
             es = L.mma_tiled_bytes(qt, R, n_in, members)
             src = cp.asarray(hexp, dtype=cp.int32)
             Wt = [cp.empty(len(hexp) * es, cp.uint8) for _ in Ws]
-            self.prep = [(be.module.get_function(f"mma_tiles_{qt.name}"), (be.sm_count * 8,), (256,), 0,
-                          (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes),
-                           np.int32(L.mma_tile(members)), D, np.int64(D.size // 2)))
+            self.prep = [(be.module.get_function(f"mma_tiles{L.mma_tile(members)}_{qt.name}"), (be.sm_count * 8,),
+                          (256,), 0, (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), D,
+                                      np.int64(D.size // 2)))
                          for W, D in zip(Ws, Wt)]
             self.run(self.prep)
             mins, S, n = qt.name in intdot.WITH_MIN, n_in // intdot.SB, X.shape[0]

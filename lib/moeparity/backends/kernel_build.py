@@ -49,9 +49,21 @@ def build(cp, kernel_dir: str, main: str, options: tuple):
             image = nvrtc.getCUBIN(prog) if cubin else nvrtc.getPTX(prog)
         finally:
             nvrtc.destroyProgram(prog)
-        os.makedirs(cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir())           # whole file or none: concurrent first runs
-        with os.fdopen(fd, "wb") as f:
-            f.write(image if isinstance(image, bytes) else image.encode())
-        os.replace(tmp, path)
+        image = image if isinstance(image, bytes) else image.encode()
+        try:
+            os.makedirs(cache_dir(), exist_ok=True)
+            path = _write(image, cache_dir(), path)
+        except OSError:                                        # an unwritable cache: this process's copy
+            path = _write(image, tempfile.gettempdir(), None)
     return cp.RawModule(path=path)
+
+
+def _write(image: bytes, folder: str, path):
+    """image into `path` (or a fresh file in folder) whole or not at all: concurrent first runs."""
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=os.path.splitext(path or ".cubin")[1])
+    with os.fdopen(fd, "wb") as f:
+        f.write(image)
+    if path is None:
+        return tmp
+    os.replace(tmp, path)
+    return path

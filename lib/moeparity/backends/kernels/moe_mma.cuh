@@ -10,7 +10,7 @@
 // of mma.m16n8k32; b0 also serves as the k16 operand). A warp's 16-byte load of one MMA's fragments
 // then reads 128 contiguous bytes per member.
 //
-// mma_tiles_<Q> copies the experts' weights into the kernels' layout: per expert, per tile (the
+// mma_tiles<tile>_<Q> copies the experts' weights into the kernels' layout: per expert, per tile (the
 // launch's work item: 16 or 32 rows), per superblock s, per 16-row group, the group rows' s-th
 // blocks (rows past R: zeros), arranged by the format's struct (Q4_K: the blocks back to back; Q6_K:
 // by field, with 16-byte pieces swizzled so that the 8 rows a warp instruction reads hit distinct
@@ -180,11 +180,11 @@ struct MQ6_K {
 // grid-stride over the output's 2-byte words (blocks are 2-byte aligned); experts: source slabs.
 // Output order: [expert][tile of `tile` rows][superblock][16-row group][F's arrangement]; tile = the
 // rows of the launch's work item (gpu_layout.mma_tile), so an item's bytes are contiguous.
-template <class F>
+template <class F, int TILE>
 __device__ void mma_tiles(const unsigned short* __restrict__ W, const int* __restrict__ experts, long long es, int R,
-                          int row_bytes, int tile, unsigned short* __restrict__ out, long long n_out) {
-    constexpr int G16 = 16 * F::NBYTES;
-    const int S = row_bytes / F::NBYTES, tiles = (R + tile - 1) / tile, GROUPS = tile / 16;
+                          int row_bytes, unsigned short* __restrict__ out, long long n_out) {
+    constexpr int G16 = 16 * F::NBYTES, GROUPS = TILE / 16;
+    const int S = row_bytes / F::NBYTES, tiles = (R + TILE - 1) / TILE;
     for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += (long long)gridDim.x * blockDim.x) {
         long long q = 2 * o / G16;
         int p;
@@ -192,18 +192,21 @@ __device__ void mma_tiles(const unsigned short* __restrict__ W, const int* __res
         q /= GROUPS;
         const int sb = (int)(q % S);
         q /= S;
-        const int r = (int)(q % tiles) * tile + 16 * grp + p;
+        const int r = (int)(q % tiles) * TILE + 16 * grp + p;
         const long long e = experts[q / tiles];
         out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * F::NBYTES + byte) / 2] : (unsigned short)0;
     }
 }
-#define MMA_TILES(Q)                                                                                             \
-extern "C" __global__ void mma_tiles_##Q(const unsigned short* W, const int* experts, long long es, int R,       \
-                                         int row_bytes, int tile, unsigned short* out, long long n_out) {       \
-    mma_tiles<M##Q>(W, experts, es, R, row_bytes, tile, out, n_out);                                             \
+// mma_tiles<TILE>_<Q>: TILE = 16 or 32 rows (gpu_layout.mma_tile: the item of the kernel to run)
+#define MMA_TILES(Q, TILE)                                                                                       \
+extern "C" __global__ void mma_tiles##TILE##_##Q(const unsigned short* W, const int* experts, long long es, int R, \
+                                                 int row_bytes, unsigned short* out, long long n_out) {         \
+    mma_tiles<M##Q, TILE>(W, experts, es, R, row_bytes, out, n_out);                                             \
 }
-MMA_TILES(Q4_K)
-MMA_TILES(Q6_K)
+MMA_TILES(Q4_K, 16)
+MMA_TILES(Q4_K, 32)
+MMA_TILES(Q6_K, 16)
+MMA_TILES(Q6_K, 32)
 
 // Columns (B column n is supplied by the lanes with g = n; lane (g, tq) holds D columns 2tq, 2tq+1 of
 // rows g and g+8), by NK, the MMAs per weight group:
