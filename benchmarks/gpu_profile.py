@@ -1,6 +1,7 @@
-"""One full-layer gate launch (128 experts × 768 × 2048, f32), for ncu. Env: TOKENS (1), QTYPE (Q4_K),
-FLOAT=1 (the float kernels even where the tensor-core ones serve), DEFINES (extra -D flags, space
-separated, e.g. "MMA_MINB_1=3")."""
+"""One full-layer launch (128 experts, f32), for ncu. Env: TOKENS (1), QTYPE (Q4_K), ROLE (gate: 768 × 2048,
+the tokens' x; down: 2048 × 768, one x per (token, expert) as bench gpu feeds it), FLOAT=1 (the float
+kernels even where the tensor-core ones serve), DEFINES (extra -D flags, space separated, e.g.
+"MMA_MINB_1=3")."""
 import os
 
 import numpy as np
@@ -14,8 +15,11 @@ ntok = int(os.environ.get("TOKENS", "1"))
 if os.environ.get("FLOAT"):
     intdot.serves = lambda *a: False
 be = CudaBackend(defines=("-DONLY",) + tuple(f"-D{d}" for d in os.environ.get("DEFINES", "").split()))
-c = _Case(be, QTYPES[os.environ.get("QTYPE", "Q4_K")], 128, 768, 2048, seed=1)
-c.plan(np.tile(np.arange(128), (ntok, 1)), np.random.default_rng(0).standard_normal((ntok, 2048)).astype(np.float32))
+down = os.environ.get("ROLE") == "down"
+R, n_in = (2048, 768) if down else (768, 2048)
+c = _Case(be, QTYPES[os.environ.get("QTYPE", "Q4_K")], 128, R, n_in, seed=1)
+c.plan(np.tile(np.arange(128), (ntok, 1)),
+       np.random.default_rng(0).standard_normal((ntok * (128 if down else 1), n_in)).astype(np.float32))
 c.ours()
 be.cp.cuda.Device().synchronize()
 print("µs", timed(be.cp, c.ours) * 1e6)
