@@ -105,8 +105,29 @@ __device__ __forceinline__ void mma16(int* d, unsigned a0, unsigned a1, unsigned
     asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};\n"
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(a0), "r"(a1), "r"(b), "r"(0));
 }
-__device__ __forceinline__ int sbyte(unsigned w, int k) { return (int)(w << (24 - 8 * k)) >> 24; }   // signed byte k
-__device__ __forceinline__ int ubyte(unsigned w, int k) { return (w >> (8 * k)) & 255; }
+// byte k of w, zero- or sign-extended, in one PRMT (k a compile-time constant after unrolling; the
+// selector's high bit replicates the byte's sign: PTX prmt.b32's default mode)
+__device__ __forceinline__ int ubyte(unsigned w, int k) {
+    int r;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(w), "r"(0x4440 | k));
+    return r;
+}
+__device__ __forceinline__ int sbyte(unsigned w, int k) {
+    int r;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(w), "r"(0x8880 | 0x1110 * k | k));
+    return r;
+}
+// (a & c) | (b & ~c), then (t & m) ^ x: one LOP3 each
+__device__ __forceinline__ unsigned merge(unsigned a, unsigned b, unsigned c) {
+    unsigned r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ unsigned and_xor(unsigned t, unsigned m, unsigned x) {
+    unsigned r;
+    asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(t), "r"(m), "r"(x));
+    return r;
+}
 
 // Per-format ring depth and layout.
 #ifndef MMA_NB_Q4_K
@@ -323,9 +344,8 @@ __device__ __forceinline__ void block32(const MQ6_K::Raw (*a)[2], int b, const u
                 const MQ6_K::Raw& r = a[mt][rr];
                 // 4·(q − 32) as a signed byte: (q << 2) with bit 7 flipped; q = low nibble | high bits << 4
                 const unsigned w = r.ql[h][2 * (k4 & 1) + grp];
-                const unsigned lo = ((k4 >> 1) ? w >> 2 : w << 2) & 0x3C3C3C3Cu;
-                const unsigned hi = (r.qh[h][grp] << (6 - 2 * k4)) & 0xC0C0C0C0u;
-                av[rr] = (lo | hi) ^ 0x80808080u;
+                const unsigned lo = (k4 >> 1) ? w >> 2 : w << 2, hi = r.qh[h][grp] << (6 - 2 * k4);
+                av[rr] = and_xor(merge(lo, hi, 0x3C3C3C3Cu), 0xFCFCFCFCu, 0x80808080u);
                 sv[rr] = sbyte(r.sc[gi >> 2], gi & 3);
             }
 #pragma unroll
