@@ -80,15 +80,23 @@ def helpers(cp):
     return _helpers
 
 
-def timed(cp, fn, repeat=20, warmup=3):
-    """Median GPU time of fn's work. Before each repeat the L2 is evicted (weights come from
-    memory) and a spin kernel keeps the GPU busy while the host enqueues event, fn's launches,
-    event: the events bracket the GPU's work only, not the host's launch latency. Where the host
-    took longer than the spin (so the GPU may have idled inside the window), the repeat is redone
-    with a longer spin."""
+def timed(cp, fn, repeat=20, warmup=3, settle_s=0.05):
+    """Median GPU time of fn's work. Warm-up: `warmup` calls, then calls until `settle_s` of
+    wall time has passed (session 6: the first case timed after a format's weights were generated
+    and the previous case's cuBLAS baseline ran came out 5–15 % slower than the same shape timed
+    next — e.g. Q6_K gate 72.7 µs, up 63.5 — so each case now starts from a settled GPU). Before
+    each repeat the L2 is evicted (weights come from memory) and a spin kernel keeps the GPU busy
+    while the host enqueues event, fn's launches, event: the events bracket the GPU's work only,
+    not the host's launch latency. Where the host took longer than the spin (so the GPU may have
+    idled inside the window), the repeat is redone with a longer spin."""
     h = helpers(cp)
-    for _ in range(warmup):
+    t0 = time.perf_counter()
+    n = 0
+    while n < warmup or time.perf_counter() - t0 < settle_s:
         fn()
+        n += 1
+        if n % 16 == 0:
+            cp.cuda.Device().synchronize()
     cp.cuda.Device().synchronize()
     ts, spin_us = [], 400
     while len(ts) < repeat:
