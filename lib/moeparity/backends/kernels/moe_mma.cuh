@@ -237,9 +237,9 @@ MMA_TILES(Q6_K, 32)
 // NK = 1 (up to 2 members): column n ↔ member n/4, digit n%4; lanes tq and tq^1 hold digits (0, 1)
 //   and (2, 3) of member tq/2 and trade halves: the even lane finishes row g, the odd row g+8 (its
 //   sums sit in acc[mt][0][0]).
-// Each lane then finishes its own sums: I = Σ digits · 2^(8·digit), acc = fma(d, f32(I)·σ, acc),
-// acc = fma(−dm, mm, acc), mm being the fma chain over the G groups of (cm of the row, Mx of the
-// member), in group order.
+// Each lane then finishes its own sums: I = Σ digits · 2^(8·digit) (>> ASHIFT), acc = fma(d,
+// f32(I)·σ, acc), and for a format with a min (Q4_K) acc = fma(−dm, mm, acc), mm being the fma chain
+// over the G groups of (cm of the row, Mx of the member), in group order.
 template <int NK> struct Cols {
     static_assert(NK >= 1 && NK <= 3, "1, 2 or 3 MMAs per weight group");
     static constexpr int J = NK == 3 ? 2 : 1;                                  // members a lane finishes
