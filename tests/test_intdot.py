@@ -142,10 +142,11 @@ def test_kernel_constants_match_intdot():
     for name, nb in L.MMA_RING.items():
         qt = QTYPES[name]
         row = re.search(rf"struct M{name} {{\s*static constexpr int NBYTES = (\d+), GS = (\d+), NB = MMA_NB_{name}, "
-                        r"ASHIFT = \d;\s*static constexpr bool MIN = (true|false);", src)
-        nbytes, gs = (int(v) for v in row.groups()[:2])
+                        r"ASHIFT = \d, COPY = (\d+);\s*static constexpr bool MIN = (true|false);", src)
+        nbytes, gs, copy = (int(v) for v in row.groups()[:3])
         assert (nbytes, gs, int(d[f"MMA_NB_{name}"])) == (qt.nbytes, intdot.GROUP[name], nb)
-        assert (row.group(3) == "true") == (name in intdot.WITH_MIN)
+        assert (row.group(4) == "true") == (name in intdot.WITH_MIN)
+        assert copy == L.MMA_COPY[name] and nbytes % copy == 0     # copy units never straddle a block
     assert "__launch_bounds__(128, MMA_MINB_##MT)" in src and L.MMA_WARPS * 32 == 128
     assert all(L.mma_tile(n) == 16 * L.MMA_MT[n] for n in L.MMA_MEMBERS)   # the layout's tile: one item
     assert re.search(r"return act == \"f32\" and name in GROUP", open(intdot.__file__).read())

@@ -147,7 +147,8 @@ class Launch:
         mxo = (cp.asarray(mx), cp.asarray(mo))
         self.steps, self.prep = [], []
         if intdot.serves(qt.name, act):
-            # tensor cores: weights into their tiled layout (once, like an upload), then per call
+            # tensor cores: weights into their tiled layout (once, like an upload; Q4_K copies 16-byte
+            # units, so the slabs must be 16-byte aligned: the uploader's allocations are), then per call
             # activations to fixed point, one launch (gate and up: grid y), then act
             gx, gs0, members = L.mma_groups(len(hexp), start)
             es = L.mma_tiled_bytes(qt, R, n_in, members)
@@ -155,7 +156,7 @@ class Launch:
             Wt = [cp.empty(len(hexp) * es, cp.uint8) for _ in Ws]
             self.prep = [(be.module.get_function(f"mma_tiles{L.mma_tile(members)}_{qt.name}"), (be.sm_count * 8,),
                           (256,), 0, (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), D,
-                                      np.int64(D.size // 2)))
+                                      np.int64(D.size // L.MMA_COPY[qt.name])))
                          for W, D in zip(Ws, Wt)]
             self.run(self.prep)
             mins, S, n = qt.name in intdot.WITH_MIN, n_in // intdot.SB, X.shape[0]

@@ -34,6 +34,7 @@ USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kern
 MMA_MEMBERS = (2, 4, 8)
 MMA_MT = {2: 1, 4: 2, 8: 2}
 MMA_RING = {"Q4_K": 3, "Q6_K": 2}
+MMA_COPY = {"Q4_K": 16, "Q6_K": 2}      # bytes per unit of mma_tiles' copy (F::COPY)
 MMA_WARPS = 4
 
 

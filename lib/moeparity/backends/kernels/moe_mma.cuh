@@ -141,7 +141,7 @@ __device__ __forceinline__ unsigned and_xor(unsigned t, unsigned m, unsigned x) 
 // row p of a group in the ring (Raw).
 // MIN: the format has a min term (intdot.WITH_MIN); ASHIFT: the MMA's A holds 2^ASHIFT·q.
 struct MQ4_K {
-    static constexpr int NBYTES = 144, GS = 32, NB = MMA_NB_Q4_K, ASHIFT = 0;
+    static constexpr int NBYTES = 144, GS = 32, NB = MMA_NB_Q4_K, ASHIFT = 0, COPY = 16;
     static constexpr bool MIN = true;
     struct Raw { uint4 h; unsigned w[4][2]; };                 // header; chunk c's words at 4tq, 16+4tq
     // the blocks back to back (144/4 ≡ 4 mod 8: the 8 rows a warp instruction reads start in 8
@@ -166,7 +166,7 @@ struct MQ4_K {
     __device__ static float dm(const Raw& r) { return f16f((unsigned short)(r.h.x >> 16)); }
 };
 struct MQ6_K {
-    static constexpr int NBYTES = 210, GS = 16, NB = MMA_NB_Q6_K, ASHIFT = 2;
+    static constexpr int NBYTES = 210, GS = 16, NB = MMA_NB_Q6_K, ASHIFT = 2, COPY = 2;
     static constexpr bool MIN = false;
     struct Raw { unsigned ql[2][4], qh[2][2], sc[4]; unsigned short d; };
     // A 16-row group's superblock by field: ql (16 × 128 bytes), qh (16 × 64), scales (16 × 16), d
@@ -198,30 +198,38 @@ struct MQ6_K {
     __device__ static float dm(const Raw&) { return 0.f; }
 };
 
-// grid-stride over the output's 2-byte words (blocks are 2-byte aligned); experts: source slabs.
-// Output order: [expert][tile of `tile` rows][superblock][16-row group][F's arrangement]; tile = the
-// rows of the launch's work item (gpu_layout.mma_tile), so an item's bytes are contiguous.
+// grid-stride over the output's units of U bytes (F::COPY: 16 for Q4_K, whose 144-byte blocks sit
+// 16-byte aligned in the file and keep their byte order; 2 for Q6_K's 2-byte-aligned 210-byte blocks
+// and by-field order); experts: source slabs. Output order: [expert][tile of TILE rows][superblock]
+// [16-row group][F's arrangement]; TILE = the rows of the launch's work item (gpu_layout.mma_tile),
+// so an item's bytes are contiguous.
+template <int U> struct Unit;
+template <> struct Unit<2> { typedef unsigned short T; __device__ static T zero() { return 0; } };
+template <> struct Unit<16> { typedef uint4 T; __device__ static T zero() { return make_uint4(0, 0, 0, 0); } };
 template <class F, int TILE>
-__device__ void mma_tiles(const unsigned short* __restrict__ W, const int* __restrict__ experts, long long es, int R,
-                          int row_bytes, unsigned short* __restrict__ out, long long n_out) {
-    constexpr int G16 = 16 * F::NBYTES, GROUPS = TILE / 16;
+__device__ void mma_tiles(const void* __restrict__ Wv, const int* __restrict__ experts, long long es, int R,
+                          int row_bytes, void* __restrict__ outv, long long n_out) {
+    constexpr int U = F::COPY, G16 = 16 * F::NBYTES, GROUPS = TILE / 16;
+    typedef typename Unit<U>::T T;
+    const T* __restrict__ W = (const T*)Wv;
+    T* __restrict__ out = (T*)outv;
     const int S = row_bytes / F::NBYTES, tiles = (R + TILE - 1) / TILE;
     for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += (long long)gridDim.x * blockDim.x) {
-        long long q = 2 * o / G16;
+        long long q = U * o / G16;
         int p;
-        const int byte = F::src((int)(2 * o % G16), p), grp = (int)(q % GROUPS);
+        const int byte = F::src((int)(U * o % G16), p), grp = (int)(q % GROUPS);
         q /= GROUPS;
         const int sb = (int)(q % S);
         q /= S;
         const int r = (int)(q % tiles) * TILE + 16 * grp + p;
         const long long e = experts[q / tiles];
-        out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * F::NBYTES + byte) / 2] : (unsigned short)0;
+        out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * F::NBYTES + byte) / U] : Unit<U>::zero();
     }
 }
 // mma_tiles<TILE>_<Q>: TILE = 16 or 32 rows (gpu_layout.mma_tile: the item of the kernel to run)
 #define MMA_TILES(Q, TILE)                                                                                       \
-extern "C" __global__ void mma_tiles##TILE##_##Q(const unsigned short* W, const int* experts, long long es, int R, \
-                                                 int row_bytes, unsigned short* out, long long n_out) {         \
+extern "C" __global__ void mma_tiles##TILE##_##Q(const void* W, const int* experts, long long es, int R,          \
+                                                 int row_bytes, void* out, long long n_out) {                   \
     mma_tiles<M##Q, TILE>(W, experts, es, R, row_bytes, out, n_out);                                             \
 }
 MMA_TILES(Q4_K, 16)
