@@ -95,8 +95,8 @@ def timed(cp, fn, repeat=20, warmup=3, settle_s=0.05):
     while n < warmup or time.perf_counter() - t0 < settle_s:
         fn()
         n += 1
-        if n % 16 == 0:
-            cp.cuda.Device().synchronize()
+        if n % 16 == 0:                  # keep the host within a few calls of the GPU: the wall
+            cp.cuda.Device().synchronize()  # time then measures the GPU's warm-up, not the queue
     cp.cuda.Device().synchronize()
     ts, spin_us = [], 400
     while len(ts) < repeat:
@@ -227,9 +227,10 @@ def run(quick: bool = False) -> str:
         "`moe_matvec1[n]_<QTYPE>` (one token) and `moe_matvec_<QTYPE>` (kernels/moe_matvec.cu).",
         "GB/s = quantized weight bytes read / time; '% copy' is that over the copy bandwidth. Baseline: our",
         "dequantise-to-float32 kernel for the experts used + CuPy/cuBLAS batched matmul, same weights and inputs,",
-        "same run. Timing (bench_gpu.timed): CUDA events, 3 warm-ups, median of 20 (baseline 5); before each",
-        "repeat the L2 is evicted (a 256 MB read) and a spin kernel keeps the GPU busy while the host enqueues",
-        "event, launches, event, so the events bracket the GPU's work and not the host's launch latency.",
+        "same run. Timing (bench_gpu.timed): CUDA events, ≥ 3 warm-up calls and ≥ 50 ms of them, median of 20",
+        "(baseline 5); before each repeat the L2 is evicted (a 256 MB read) and a spin kernel keeps the GPU busy",
+        "while the host enqueues event, launches, event, so the events bracket the GPU's work and not the host's",
+        "launch latency.",
         "Layer = gate + up + down of Qwen3-30B-A3B (hidden 2048, expert FFN 768, 128 experts); the down inputs",
         "differ per (token, expert), as in a real layer.",
         "",

@@ -100,7 +100,7 @@ class CudaBackend(Backend):
         T, k = ids.shape
         shared = np.asarray(x).ndim == 2
         X = np.asarray(x if shared else xb.reshape(T * k, -1), np.float32)
-        experts = L.layout(ids, shared)[0]
+        experts, start = L.layout(ids, shared)[:2]
         Ws = [self._weights(t, experts) for t in tensors]
         try:
             launch = Launch(self, qt, Ws, first.n_out, first.n_in, ids, X, act, kind, alpha, limit)
@@ -108,7 +108,7 @@ class CudaBackend(Backend):
         except self.cp.cuda.memory.OutOfMemoryError:
             # the launch's own buffers: outputs, activations and, on the tensor cores, the weights'
             # tiled copy (the largest: as many bytes as the weights, in whole tiles)
-            members = L.mma_groups(len(experts), L.layout(ids, shared)[1])[2]
+            members = L.mma_groups(len(experts), start)[2]
             tiled = len(tensors) * len(experts) * L.mma_tiled_bytes(qt, first.n_out, first.n_in, members) \
                 if intdot.serves(qt.name, act) else 0
             raise self.uploader._oom(first, tiled + 4 * T * k * first.n_out * (1 if len(tensors) == 1 else 3),

@@ -194,8 +194,6 @@ struct MQ6_K {
         r.d = *(const unsigned short*)(grp + D + 2 * p);
     }
     __device__ static float d(const Raw& r) { return f16f(r.d); }
-    __device__ static float cm(const Raw&, int) { return 0.f; }   // (no min term)
-    __device__ static float dm(const Raw&) { return 0.f; }
 };
 
 // grid-stride over the output's units of U bytes (F::COPY: 16 for Q4_K, whose 144-byte blocks sit
@@ -266,36 +264,37 @@ __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[N
                                        const int* moff, const float* sg, float (*acc)[Cols<NK>::J][2], int tq) {
     constexpr int G = 256 / F::GS, J = Cols<NK>::J, NR = NK > 1 ? 2 : 1;        // NR: rows a lane finishes
     const bool odd = tq & 1;
-    float mm[MT][J][2];
+    float mm[MT][J][2];                                  // (formats with a min only)
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int j = 0; j < J; j++) mm[mt][j][0] = mm[mt][j][1] = 0.f;
+    if constexpr (F::MIN) {
 #pragma unroll
-    for (int v = 0; v < (F::MIN ? G / 4 : 0); v++) {
-        float4 mx[J];
+        for (int v = 0; v < G / 4; v++) {
+            float4 mx[J];
 #pragma unroll
-        for (int j = 0; j < J; j++) mx[j] = __ldg((const float4*)(mxs + moff[j]) + v);
+            for (int j = 0; j < J; j++) mx[j] = __ldg((const float4*)(mxs + moff[j]) + v);
 #pragma unroll
-        for (int e = 0; e < 4; e++)
+            for (int e = 0; e < 4; e++)
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
+                for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int rr = 0; rr < NR; rr++) {
-                    const float c = NK > 1 ? F::cm(a[mt][rr], 4 * v + e)
-                                           : odd ? F::cm(a[mt][1], 4 * v + e) : F::cm(a[mt][0], 4 * v + e);
+                    for (int rr = 0; rr < NR; rr++) {
+                        const float c = NK > 1 ? F::cm(a[mt][rr], 4 * v + e)
+                                               : odd ? F::cm(a[mt][1], 4 * v + e) : F::cm(a[mt][0], 4 * v + e);
 #pragma unroll
-                    for (int j = 0; j < J; j++)
-                        mm[mt][j][rr] = __fmaf_rn(c, e == 0 ? mx[j].x : e == 1 ? mx[j].y : e == 2 ? mx[j].z : mx[j].w,
-                                                  mm[mt][j][rr]);
-                }
+                        for (int j = 0; j < J; j++)
+                            mm[mt][j][rr] = __fmaf_rn(c, e == 0 ? mx[j].x : e == 1 ? mx[j].y : e == 2 ? mx[j].z : mx[j].w,
+                                                      mm[mt][j][rr]);
+                    }
+        }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int rr = 0; rr < NR; rr++) {
             const float dd = NK > 1 ? F::d(a[mt][rr]) : odd ? F::d(a[mt][1]) : F::d(a[mt][0]);
-            const float dm = NK > 1 ? F::dm(a[mt][rr]) : odd ? F::dm(a[mt][1]) : F::dm(a[mt][0]);
 #pragma unroll
             for (int j = 0; j < J; j++) {
                 long long I;
@@ -310,7 +309,10 @@ __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[N
                 }
                 float& sm = acc[mt][j][rr];
                 sm = __fmaf_rn(dd, __fmul_rn(__ll2float_rn(I >> F::ASHIFT), sg[j]), sm);   // (exact shift)
-                if (F::MIN) sm = __fmaf_rn(-dm, mm[mt][j][rr], sm);
+                if constexpr (F::MIN) {
+                    const float dm = NK > 1 ? F::dm(a[mt][rr]) : odd ? F::dm(a[mt][1]) : F::dm(a[mt][0]);
+                    sm = __fmaf_rn(-dm, mm[mt][j][rr], sm);
+                }
             }
         }
 }
