@@ -49,6 +49,25 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Tuning builds only (-DMMA_TRACE=n, benchmarks/gpu_trace.py): per warp, %globaltimer at points k of
+// its life into mma_trace / xf_trace (8 slots a warp; slot 7: the SM), to see where a launch's time goes.
+#ifdef MMA_TRACE
+__device__ unsigned long long mma_trace[MMA_TRACE], xf_trace[MMA_TRACE];
+#define TRACE(buf, w, k)                                                                                        \
+    do {                                                                                                        \
+        if (threadIdx.x % 32 == 0 && 8 * (w) + 7 < MMA_TRACE) {                                               \
+            unsigned long long t_;                                                                              \
+            unsigned sm_;                                                                                       \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                                             \
+            asm("mov.u32 %0, %%smid;" : "=r"(sm_));                                                            \
+            buf[8 * (w) + (k)] = t_;                                                                            \
+            buf[8 * (w) + 7] = sm_;                                                                             \
+        }                                                                                                       \
+    } while (0)
+#else
+#define TRACE(buf, w, k) ((void)0)
+#endif
+
 // One warp per 256-value superblock s of activation row t (8 per block of 256 threads). Lane
 // (b, tq) = (lane/4, lane%4) converts elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of 32-block b: the
 // two 4-byte words of each digit L that its B-fragment slot holds, stored as one 8-byte write.
@@ -58,6 +77,7 @@ extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restric
                                                           float* __restrict__ mxs) {
     pdl_trigger();
     const int S = n_in / 256, w = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32, b = lane / 4, tq = lane % 4;
+    TRACE(xf_trace, w, 0);
     if (w >= n_rows * S) return;
     const int t = w / S, s = w % S;
     const float* xs = X + (long long)t * n_in + s * 256 + 32 * b + 4 * tq;
@@ -94,6 +114,7 @@ extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restric
         if (tq == 0) mxs[((long long)t * S + s) * 8 + b] = __int2float_rn(sum) * sg;
     }
     if (lane == 0) sig[t * S + s] = sg;
+    TRACE(xf_trace, w, 1);
 }
 
 __device__ __forceinline__ void mma32(int* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, uint2 b) {
@@ -430,6 +451,8 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
     if (i0 >= i1) return;
+    [[maybe_unused]] const int wtr = (blockIdx.y * gridDim.x + blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    TRACE(mma_trace, wtr, 0);
     const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
     const u8* Wz = blockIdx.y ? W2 : W;                  // y = 1: the up tensor of gate+up
     float* o = blockIdx.y ? out2 : out;
@@ -478,6 +501,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         for (int j = 0; j < J; j++) sg[j] = __ldg(sig + m.td[j] * S + s);
     };
     pdl_wait();                                          // x_fixed's output is read from here on
+    TRACE(mma_trace, wtr, 1);
     prefetch(it, 0);
     float acc[MT][J][2];
 #pragma unroll
@@ -508,6 +532,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         finish<F, NK, MT>(cur, T, mxs, moff, sgc, acc, tq);
         __syncwarp();                                    // the slot is refilled next
         if (++slot == F::NB) slot = 0;
+        if (i == i0 && s == 0) TRACE(mma_trace, wtr, 2);
         if (++s == S) {                                  // item done: every lane holds its members' sums
 #pragma unroll
             for (int j = 0; j < J; j++) {
@@ -529,6 +554,7 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
         }
     }
     cp_async_wait<0>();
+    TRACE(mma_trace, wtr, 3);
 }
 
 // moe_mma<n>_<Q>: groups of up to n members (1, 2, 3 MMAs per weight group for n = 2, 4, 8), MT tiles
