@@ -166,3 +166,22 @@ def test_tensor_core_path_edges(gpu, qtype, rng):
     ge, ue, ae = em.moe_gate_up(G, Up, ids, x, "silu", hp)
     assert np.array_equal(g, ge, equal_nan=True) and np.array_equal(u, ue, equal_nan=True)
     assert np.allclose(a, ae, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("ids", [[[2, 0, 4]], [[2, 0], [2, 3], [2, 1]]])
+def test_gate_up_kernels_for_few_members(gpu, qtype, ids, rng):
+    """moe_mma_gu2 (one token: groups of one member) and moe_mma_gu4 (up to four) write gate and up
+    equal to emulated-cuda bit for bit, and act from them; 37 rows: the last 16-row tile is partial."""
+    from types import SimpleNamespace
+    E, R, n_in = 5, 37, 512
+    G, Up = (QTensor.from_weights(f"blk.0.ffn_{r}_exps.weight", (rng.standard_t(5, size=(E, R, n_in)) * 0.05)
+                                  .astype(np.float32), qtype) for r in ("gate", "up"))
+    ids = np.array(ids)                                        # expert 2: every token's first
+    x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
+    hp = SimpleNamespace(swiglu_alpha=0.0, swiglu_limit=0.0)
+    g, u, a = gpu.moe_gate_up(G, Up, ids, x, "silu", hp)
+    ge, ue, ae = backends.get("emulated-cuda").moe_gate_up(G, Up, ids, x, "silu", hp)
+    assert np.array_equal(g, ge) and np.array_equal(u, ue)
+    assert np.allclose(a, ae, rtol=1e-6, atol=1e-7)
+    assert np.allclose(a, g / (1 + np.exp(-g.astype(np.float64))) * u, rtol=1e-5, atol=1e-7)

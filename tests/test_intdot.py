@@ -147,21 +147,24 @@ def test_kernel_constants_match_intdot():
         assert (nbytes, gs, int(d[f"MMA_NB_{name}"])) == (qt.nbytes, intdot.GROUP[name], nb)
         assert (row.group(4) == "true") == (name in intdot.WITH_MIN)
         assert copy == L.MMA_COPY[name] and nbytes % copy == 0     # copy units never straddle a block
-    assert "__launch_bounds__(128, MMA_MINB_##MT)" in src and L.MMA_WARPS * 32 == 128
+    assert "__launch_bounds__(128, MINB)" in src and L.MMA_WARPS * 32 == 128
     assert all(L.mma_tile(n) == 16 * L.MMA_MT[n] for n in L.MMA_MEMBERS)   # the layout's tile: one item
+    assert all(L.mma_tile(n, gu=True) == 16 for n in L.MMA_MEMBERS)        # gate+up: 16 rows of each
     assert re.search(r"return act == \"f32\" and name in GROUP", open(intdot.__file__).read())
 
 
 def test_tensor_core_entry_points_exist():
-    """cuda.py launches mma_tiles<tile>_<Q>, x_fixed, moe_mma<n>_<Q> (n in gpu_layout.MMA_MEMBERS) and act_rows
-    by name."""
+    """cuda.py launches mma_tiles<tile>_<Q>, x_fixed, moe_mma<n>_<Q> and moe_mma_gu<n>_<Q> (n in
+    gpu_layout.MMA_MEMBERS) by name."""
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     for q in intdot.GROUP:
         for n, nk in zip(L.MMA_MEMBERS, (1, 2, 3)):                # MMAs per weight group (see Cols)
-            assert f"MMA_ENTRY_(moe_mma{n}_{q}, M{q}, {nk}, MMA_MT_{n})" in src
+            assert f"MMA_ENTRY_({L.mma_kernel(QTYPES[q], n, False)}, M{q}, {nk}, MMA_MT_{n})" in src
+            assert f"MMA_ENTRY({L.mma_kernel(QTYPES[q], n, True)}, M{q}, {nk}, 2, true, " in src   # two tiles
             assert re.search(rf"#define MMA_MT_{n} {L.MMA_MT[n]}\n", src)      # tiles per item, as cuda.py counts them
         for n in L.MMA_MEMBERS:                                    # mma_tiles<tile>_<Q>: the weights' tiled copy
             assert f"MMA_TILES({q}, {L.mma_tile(n)})" in src
-    assert 'void __launch_bounds__(256) x_fixed(' in src and "void act_rows(" in src
+        assert f"MMA_TILES_GU({q})" in src                         # gate+up: both tensors' 16-row tiles
+    assert 'void __launch_bounds__(256) x_fixed(' in src
     assert L.MMA_MEMBERS == (2, 4, 8)
     assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()

@@ -1,7 +1,8 @@
 """GPU benchmarks on a real CUDA device (CuPy): our fused kernels vs (1) the device-to-device copy
 bandwidth and (2) CuPy dequantise-to-float + cuBLAS matmul, all measured in the same run.
 
-(a) full Qwen3-30B-A3B layer sweep: all 128 experts × gate/up/down, 1 and 8 tokens;
+(a) full Qwen3-30B-A3B layer sweep: all 128 experts × gate/up/down, 1 and 8 tokens, run as the
+    backend runs a layer: gate+up (with the activation) in one launch, then the down;
 (b) the top-8 MoE form: 8 selected experts per token (distinct across the 8 tokens).
 Weights are random *valid* blocks (finite fp16 scales) generated on the device machine; timings
 use CUDA events after warm-up, median of repeats.
@@ -124,24 +125,28 @@ def copy_bandwidth(cp, nbytes=2 << 30):
 
 
 class _Case:
-    """One weight tensor (E experts, R rows, n_in) on the device plus launch helpers."""
+    """One weight tensor (E experts, R rows, n_in) on the device plus launch helpers; pair: two
+    (gate, up), launched together as moe_gate_up launches them (SiLU), the baseline doing the same."""
 
-    def __init__(self, be, qt, E, R, n_in, seed):
+    def __init__(self, be, qt, E, R, n_in, seed, pair=False):
         cp = be.cp
         self.cp, self.be, self.qt, self.E, self.R, self.n_in = cp, be, qt, E, R, n_in
         self.row_bytes = n_in // qt.block * qt.nbytes
         n = E * R * self.row_bytes
-        flat = cp.empty(n + SLACK, cp.uint8)
-        flat[:n] = random_blocks(cp, qt, E * R * n_in // qt.block, seed).reshape(-1)
-        self.W = flat[:n].reshape(E, R, self.row_bytes)
+        self.Ws = []
+        for k in range(2 if pair else 1):
+            flat = cp.empty(n + SLACK, cp.uint8)
+            flat[:n] = random_blocks(cp, qt, E * R * n_in // qt.block, seed + 1000 * k).reshape(-1)
+            self.Ws.append(flat[:n].reshape(E, R, self.row_bytes))
+        self.W = self.Ws[0]
         self.fd = be.module.get_function(f"dequant_{qt.name}")
 
     def plan(self, ids, X):
         cp = self.cp
         self.X = cp.asarray(X)
-        self.launch = Launch(self.be, self.qt, [self.W], self.R, self.n_in, ids, X, in_place=True)
+        self.launch = Launch(self.be, self.qt, self.Ws, self.R, self.n_in, ids, X, in_place=True)
         self.ids = ids
-        self.bytes = self.launch.n_experts * self.R * self.row_bytes
+        self.bytes = len(self.Ws) * self.launch.n_experts * self.R * self.row_bytes
         # the baseline's index arrays, on the device before timing (host work is not what it measures)
         used = np.unique(ids)
         self.used = cp.asarray(used) if len(used) < self.E else None
@@ -158,9 +163,16 @@ class _Case:
         return timed(self.cp, lambda: self.launch.run(prep), repeat=5) if prep else 0.0
 
     def baseline(self):
-        """Dequantise the experts used to float32, then one batched cuBLAS matmul."""
+        """Dequantise the experts used to float32, then one batched cuBLAS matmul (a pair: each, then
+        silu(gate)·up)."""
+        if len(self.Ws) == 2:
+            g, u = self._dequant_matmul(self.Ws[0]), self._dequant_matmul(self.Ws[1])
+            return g / (1 + self.cp.exp(-g)) * u
+        return self._dequant_matmul(self.W)
+
+    def _dequant_matmul(self, W):
         cp = self.cp
-        Wsel = self.W if self.used is None else self.W[self.used]
+        Wsel = W if self.used is None else W[self.used]
         n_rows = self.n_used * self.R
         Wf = cp.empty((self.n_used, self.R, self.n_in), cp.float32)
         per = n_rows * (self.n_in // 32)
@@ -186,10 +198,10 @@ def run(quick: bool = False) -> str:
     rows = []
     for q in names:
         qt = QTYPES[q]
-        for role, (R, n_in) in {"gate": (FF, HIDDEN), "up": (FF, HIDDEN), "down": (HIDDEN, FF)}.items():
+        for role, (R, n_in) in {"gate+up": (FF, HIDDEN), "down": (HIDDEN, FF)}.items():
             if n_in % qt.block:
                 continue
-            case = _Case(be, qt, N_EXP, R, n_in, seed=len(rows))
+            case = _Case(be, qt, N_EXP, R, n_in, seed=len(rows), pair=role == "gate+up")
             for ntok in (1, 8):
                 # (a) full layer: every expert for every token
                 ids = np.tile(np.arange(N_EXP), (ntok, 1))
@@ -208,7 +220,7 @@ def run(quick: bool = False) -> str:
             cp.get_default_memory_pool().free_all_blocks()
     for q, form, role, ntok, t, *_ in rows:                 # per tensor, for whoever compares with gpu_steps
         print(f"{q} {form} {role} ×{ntok}: {t * 1e6:.1f} µs", flush=True)
-    # aggregate the three roles of a layer
+    # aggregate the two launches of a layer
     agg = {}
     for q, form, role, ntok, *vals in rows:
         a = agg.setdefault((q, form, ntok), [0.0, 0, 0.0, 0.0])
@@ -219,15 +231,16 @@ def run(quick: bool = False) -> str:
         f"## GPU fused MoE matvec (`moeparity bench gpu`) — {name}",
         "",
         f"Device-to-device copy bandwidth in the same run: **{bw:.0f} GB/s** (bytes read + written).",
-        "Ours: f32 activations, one launch per tensor (gate, up, down), expert ids on the device. Q4_K and Q6_K",
-        "take the int8 tensor-core kernels `moe_mma<n>_<QTYPE>` (kernels/moe_mma.cuh: exact integer dots against",
-        "block-fixed-point activations, backends/intdot.py) for 1 and 8 tokens; their time includes the activation",
-        "conversion `x_fixed`, and they read the weights in a tiled layout made once when the weights arrive",
-        "(`mma_tiles`: its time is the last column, not in 'ours'). Other formats: the float kernels",
-        "`moe_matvec1[n]_<QTYPE>` (one token) and `moe_matvec_<QTYPE>` (kernels/moe_matvec.cu).",
+        "Ours: f32 activations, expert ids on the device; a layer is two launches, as the backend runs it",
+        "(moe_gate_up, then moe_matvec): gate+up with SiLU(gate)·up fused, then the down. Q4_K and Q6_K take the",
+        "int8 tensor-core kernels `moe_mma_gu<n>_<QTYPE>` / `moe_mma<n>_<QTYPE>` (kernels/moe_mma.cuh: exact",
+        "integer dots against block-fixed-point activations, backends/intdot.py) for 1 and 8 tokens; their time",
+        "includes the activation conversion `x_fixed`, and they read the weights in a tiled layout made once when",
+        "the weights arrive (`mma_tiles`: its time is the last column, not in 'ours'). Other formats: the float",
+        "kernels `moe_gate_up*_<QTYPE>` and `moe_matvec*_<QTYPE>` (kernels/moe_matvec.cu).",
         "GB/s = quantized weight bytes read / time; '% copy' is that over the copy bandwidth. Baseline: our",
-        "dequantise-to-float32 kernel for the experts used + CuPy/cuBLAS batched matmul, same weights and inputs,",
-        "same run. Timing (bench_gpu.timed): CUDA events, ≥ 3 warm-up calls and ≥ 50 ms of them, median of 20",
+        "dequantise-to-float32 kernel for the experts used + CuPy/cuBLAS batched matmul per tensor (+ CuPy SiLU·up),",
+        "same weights and inputs, same run. Timing (bench_gpu.timed): CUDA events, ≥ 3 warm-up calls and ≥ 50 ms of them, median of 20",
         "(baseline 5); before each repeat the L2 is evicted (a 256 MB read) and a spin kernel keeps the GPU busy",
         "while the host enqueues event, launches, event, so the events bracket the GPU's work and not the host's",
         "launch latency.",

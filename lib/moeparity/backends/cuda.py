@@ -109,7 +109,7 @@ class CudaBackend(Backend):
             # the launch's own buffers: outputs, activations and, on the tensor cores, the weights'
             # tiled copy (the largest: as many bytes as the weights, in whole tiles)
             members = L.mma_groups(len(experts), start)[2]
-            tiled = len(tensors) * len(experts) * L.mma_tiled_bytes(qt, first.n_out, first.n_in, members) \
+            tiled = len(experts) * L.mma_tiled_bytes(qt, first.n_out, first.n_in, members, len(tensors) == 2) \
                 if intdot.serves(qt.name, act) else 0
             raise self.uploader._oom(first, tiled + 4 * T * k * first.n_out * (1 if len(tensors) == 1 else 3),
                                      "computing") from None
@@ -129,8 +129,9 @@ class Launch:
     Ws: device weights of the experts used, (n_experts_used, R, row_bytes) each, in the order of
     gpu_layout.layout(ids)'s experts, or (in_place) whole tensors read at the experts' own ids;
     one tensor → moe_matvec*, two (gate, up) → moe_gate_up*; or, where intdot.serves (Q4_K/Q6_K,
-    f32), x_fixed + moe_mma*(+ act_rows for gate, up): `steps`, after `prep` (run here, once:
-    mma_tiles copies the experts' weights into the tensor-core kernels' layout, as an upload would).
+    f32), x_fixed + moe_mma<n>_* (gate and up: moe_mma_gu<n>_*, which also writes act): `steps`, after
+    `prep` (run here, once: mma_tiles copies the experts' weights into the tensor-core kernels' layout,
+    as an upload would).
     The benchmark times the calls (and prep on its own); the backend makes one per matvec.
     """
 
@@ -149,34 +150,33 @@ class Launch:
         if intdot.serves(qt.name, act):
             # tensor cores: weights into their tiled layout (once, like an upload; Q4_K copies 16-byte
             # units, so the slabs must be 16-byte aligned: the uploader's allocations are), then per call
-            # activations to fixed point, one launch (gate and up: grid y), then act
+            # activations to fixed point and one launch (gate+up: gate, up and act)
+            gu = nw == 2
             gx, gs0, members = L.mma_groups(len(hexp), start)
-            es = L.mma_tiled_bytes(qt, R, n_in, members)
+            tile = L.mma_tile(members, gu)
+            es = L.mma_tiled_bytes(qt, R, n_in, members, gu)
             src = cp.asarray(hexp, dtype=cp.int32)
-            Wt = [cp.empty(len(hexp) * es, cp.uint8) for _ in Ws]
-            self.prep = [(be.module.get_function(f"mma_tiles{L.mma_tile(members)}_{qt.name}"), (be.sm_count * 8,),
-                          (256,), 0, (W, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), D,
-                                      np.int64(D.size // L.MMA_COPY[qt.name])))
-                         for W, D in zip(Ws, Wt)]
+            Wt = cp.empty(len(hexp) * es, cp.uint8)          # (gate+up: both tensors, tile by tile)
+            tiler = be.module.get_function(f"mma_tiles_gu_{qt.name}" if gu else f"mma_tiles{tile}_{qt.name}")
+            self.prep = [(tiler, (be.sm_count * 8,), (256,), 0,
+                          (*Ws, src, np.int64(R * row_bytes), np.int32(R), np.int32(row_bytes), Wt,
+                           np.int64(Wt.size // L.MMA_COPY[qt.name])))]
             self.run(self.prep)
             mins, S, n = qt.name in intdot.WITH_MIN, n_in // intdot.SB, X.shape[0]
             dig, sig = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32)
             mxs = cp.empty(n * S * 256 // intdot.GROUP[qt.name] if mins else 1, cp.float32)   # (the min's Mx)
             self.steps.append((be.module.get_function("x_fixed"), (-(-n * S // 8),), (256,), 0,
                                (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(mins), np.int32(n), dig, sig, mxs)))
-            fn = be.module.get_function(f"moe_mma{members}_{qt.name}")
-            smem = L.mma_smem(qt, members)
+            fn = be.module.get_function(L.mma_kernel(qt, members, gu))
+            smem = L.mma_smem(qt, members, gu)
             fn.max_dynamic_shared_size_bytes = smem
-            n_items = (len(gs0) - 1) * -(-R // (16 * L.MMA_MT[members]))
+            n_items = (len(gs0) - 1) * -(-R // tile)
             per_warp = -(-n_items // (be.sm_count * L.MMA_WARPS * be.occupancy(fn, 32 * L.MMA_WARPS, smem)))
-            self.steps.append((fn, (-(-n_items // (L.MMA_WARPS * per_warp)), nw), (32 * L.MMA_WARPS,), smem,
-                               (Wt[0], Wt[-1], np.int64(es), np.int32(R), np.int32(n_in),
+            self.steps.append((fn, (-(-n_items // (L.MMA_WARPS * per_warp)),), (32 * L.MMA_WARPS,), smem,
+                               (Wt, np.int64(es), np.int32(R), np.int32(n_in),
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *mxo, dig, sig, mxs,
-                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp)), "pdl"))
-            if nw == 2:
-                N = T * k * R
-                self.steps.append((be.module.get_function("act_rows"), (-(-N // 256),), (256,), 0,
-                                   (o[0], o[1], o[2], np.int64(N), np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit))))
+                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp), o[2 % len(o)],
+                                np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit)), "pdl"))
             return
         Xq, S, mode = L.activations(X, qt, act)
         tcap = L.tcap_of(start)

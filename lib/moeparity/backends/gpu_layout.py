@@ -28,9 +28,9 @@ USES_MIN = MIN_FORMATS + ("Q2_K",)                          # ml ≠ 0: the kern
 
 # Tensor-core kernels (kernels/moe_mma.cuh): moe_mma<n>_* serves groups of at most n members (1, 2, 3
 # MMAs per weight group for n = 2, 4, 8; larger groups are split) with MMA_MT[n] 16-row tiles per work
-# item; weights in mma_tiles' layout, whose tiles are the kernel's items (16·MMA_MT[n] rows, so an
-# item's bytes are contiguous); per format the depth of each warp's shared ring (MMA_NB_* there). A
-# block is MMA_WARPS warps.
+# item; moe_mma_gu<n>_* (gate+up, with act) items of 16 rows of both tensors, two tiles. Weights in
+# mma_tiles' layout, whose tiles are the kernel's items (so an item's bytes are contiguous); per
+# format the depth of each warp's shared ring (MMA_NB_* there). A block is MMA_WARPS warps.
 MMA_MEMBERS = (2, 4, 8)
 MMA_MT = {2: 1, 4: 2, 8: 2}
 MMA_RING = {"Q4_K": 3, "Q6_K": 2}
@@ -38,19 +38,24 @@ MMA_COPY = {"Q4_K": 16, "Q6_K": 2}      # bytes per unit of mma_tiles' copy (F::
 MMA_WARPS = 4
 
 
-def mma_smem(qt, members: int) -> int:
-    return MMA_WARPS * MMA_RING[qt.name] * 16 * MMA_MT[members] * qt.nbytes
+def mma_kernel(qt, members: int, gu: bool) -> str:
+    return f"moe_mma{'_gu' if gu else ''}{members}_{qt.name}"
 
 
-def mma_tile(members: int) -> int:
-    """Rows per tile of mma_tiles' layout for the kernel serving `members`: one work item."""
-    return 16 * MMA_MT[members]
+def mma_smem(qt, members: int, gu: bool = False) -> int:
+    """Dynamic shared memory of the kernel: MMA_WARPS rings of an item's superblock (two tiles for gu)."""
+    return MMA_WARPS * MMA_RING[qt.name] * 16 * (2 if gu else MMA_MT[members]) * qt.nbytes
 
 
-def mma_tiled_bytes(qt, R: int, n_in: int, members: int) -> int:
-    """Bytes of one expert in mma_tiles' layout: whole tiles (the last padded)."""
-    t = mma_tile(members)
-    return -(-R // t) * t * (n_in // qt.block) * qt.nbytes
+def mma_tile(members: int, gu: bool = False) -> int:
+    """Rows per tile of mma_tiles' layout for the kernel serving `members`: one work item's rows."""
+    return 16 if gu else 16 * MMA_MT[members]
+
+
+def mma_tiled_bytes(qt, R: int, n_in: int, members: int, gu: bool = False) -> int:
+    """Bytes of one expert in mma_tiles' layout (gu: gate and up together): whole tiles (the last padded)."""
+    t = mma_tile(members, gu)
+    return (2 if gu else 1) * -(-R // t) * t * (n_in // qt.block) * qt.nbytes
 
 
 def mma_groups(n_experts: int, start: np.ndarray):

@@ -221,18 +221,19 @@ struct MQ6_K {
 // 16-byte aligned in the file and keep their byte order; 2 for Q6_K's 2-byte-aligned 210-byte blocks
 // and by-field order); experts: source slabs. Output order: [expert][tile of TILE rows][superblock]
 // [16-row group][F's arrangement]; TILE = the rows of the launch's work item (gpu_layout.mma_tile),
-// so an item's bytes are contiguous.
+// so an item's bytes are contiguous. GU (gate+up items): a tile is 16 rows of W (group 0) and the
+// same 16 rows of W2 (group 1), so the gate+up kernel streams one contiguous run per item too.
 template <int U> struct Unit;
 template <> struct Unit<2> { typedef unsigned short T; __device__ static T zero() { return 0; } };
 template <> struct Unit<16> { typedef uint4 T; __device__ static T zero() { return make_uint4(0, 0, 0, 0); } };
-template <class F, int TILE>
-__device__ void mma_tiles(const void* __restrict__ Wv, const int* __restrict__ experts, long long es, int R,
-                          int row_bytes, void* __restrict__ outv, long long n_out) {
-    constexpr int U = F::COPY, G16 = 16 * F::NBYTES, GROUPS = TILE / 16;
+template <class F, int TILE, bool GU>
+__device__ void mma_tiles(const void* __restrict__ Wv, const void* __restrict__ W2v, const int* __restrict__ experts,
+                          long long es, int R, int row_bytes, void* __restrict__ outv, long long n_out) {
+    constexpr int U = F::COPY, G16 = 16 * F::NBYTES, GROUPS = TILE / 16, RT = GU ? 16 : TILE;   // RT: rows a tile
+    static_assert(!GU || TILE == 32, "a gate+up tile: 16 rows of each tensor");
     typedef typename Unit<U>::T T;
-    const T* __restrict__ W = (const T*)Wv;
     T* __restrict__ out = (T*)outv;
-    const int S = row_bytes / F::NBYTES, tiles = (R + TILE - 1) / TILE;
+    const int S = row_bytes / F::NBYTES, tiles = (R + RT - 1) / RT;
     for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += (long long)gridDim.x * blockDim.x) {
         long long q = U * o / G16;
         int p;
@@ -240,21 +241,30 @@ __device__ void mma_tiles(const void* __restrict__ Wv, const int* __restrict__ e
         q /= GROUPS;
         const int sb = (int)(q % S);
         q /= S;
-        const int r = (int)(q % tiles) * TILE + 16 * grp + p;
+        const int r = (int)(q % tiles) * RT + (GU ? 0 : 16 * grp) + p;
+        const T* __restrict__ W = (const T*)(GU && grp ? W2v : Wv);
         const long long e = experts[q / tiles];
         out[o] = r < R ? W[(e * es + (long long)r * row_bytes + (long long)sb * F::NBYTES + byte) / U] : Unit<U>::zero();
     }
 }
-// mma_tiles<TILE>_<Q>: TILE = 16 or 32 rows (gpu_layout.mma_tile: the item of the kernel to run)
+// mma_tiles<TILE>_<Q>: TILE = 16 or 32 rows (gpu_layout.mma_tile: the item of the kernel to run);
+// mma_tiles_gu_<Q>: gate (W) and up (W2) into the gate+up kernels' tiles
 #define MMA_TILES(Q, TILE)                                                                                       \
 extern "C" __global__ void mma_tiles##TILE##_##Q(const void* W, const int* experts, long long es, int R,          \
                                                  int row_bytes, void* out, long long n_out) {                   \
-    mma_tiles<M##Q, TILE>(W, experts, es, R, row_bytes, out, n_out);                                             \
+    mma_tiles<M##Q, TILE, false>(W, W, experts, es, R, row_bytes, out, n_out);                                   \
+}
+#define MMA_TILES_GU(Q)                                                                                          \
+extern "C" __global__ void mma_tiles_gu_##Q(const void* W, const void* W2, const int* experts, long long es,     \
+                                            int R, int row_bytes, void* out, long long n_out) {                 \
+    mma_tiles<M##Q, 32, true>(W, W2, experts, es, R, row_bytes, out, n_out);                                     \
 }
 MMA_TILES(Q4_K, 16)
 MMA_TILES(Q4_K, 32)
 MMA_TILES(Q6_K, 16)
 MMA_TILES(Q6_K, 32)
+MMA_TILES_GU(Q4_K)
+MMA_TILES_GU(Q6_K)
 
 // Columns (B column n is supplied by the lanes with g = n; lane (g, tq) holds D columns 2tq, 2tq+1 of
 // rows g and g+8), by NK, the MMAs per weight group:
@@ -413,17 +423,17 @@ __device__ __forceinline__ void dots(const Raw (*a)[2], const uint4* __restrict_
     }
 }
 
-// One work item: MT 16-row tiles of one group (≤ 2, 4, 8 members for NK 1, 2, 3), as lane (g, tq) sees it.
+// One work item: RI rows of one group (≤ 2, 4, 8 members for NK 1, 2, 3), as lane (g, tq) sees it.
 template <int NK>
 struct Item {
     int r0, nt, tb, td[Cols<NK>::J], od[Cols<NK>::J];
 };
-template <int NK, int MT>
+template <int NK, int RI>
 __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
                                          const int* __restrict__ mo, int g, int tq) {
     Item<NK> it;
     const int grp = i / tpg, m0 = gstart[grp];
-    it.r0 = (i % tpg) * 16 * MT + g;
+    it.r0 = (i % tpg) * RI + g;
     it.nt = gstart[grp + 1] - m0;
     it.tb = mx[m0 + min(Cols<NK>::bmember(g), it.nt - 1)];      // B column's member, D's (clamped)
 #pragma unroll
@@ -436,32 +446,35 @@ __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__
 }
 
 // Warp wg streams items [wg·per_warp, …) superblock by superblock through an NB-deep ring of
-// shared buffers (an item's superblock each: 16·MT·NBYTES contiguous bytes of mma_tiles' layout,
-// copied by cp.async in 16-byte pieces), so NB-1 superblocks are in flight while one is computed.
-// Warps share nothing.
-template <class F, int NK, int MT, int XPF>
-__device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, long long es, int R, int n_in,
+// shared buffers (an item's superblock each: 16·MT·NBYTES bytes of mma_tiles' layout, copied by
+// cp.async in 16-byte pieces), so NB-1 superblocks are in flight while one is computed. Warps share
+// nothing. GU (gate+up): an item is 16 rows of both tensors, tile 0 the gate's and tile 1 the up's,
+// so a lane ends an item holding both sums of its (row, member) pairs and writes gate, up and
+// act(gate, up) into out, out2, out3 (W: mma_tiles_gu's layout); otherwise an item is MT 16-row
+// tiles of one tensor, written to out.
+template <class F, int NK, int MT, int XPF, bool GU>
+__device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in,
                          const int* __restrict__ gexp, const int* __restrict__ gstart, const int* __restrict__ mx,
                          const int* __restrict__ mo, const uint4* __restrict__ xb, const float* __restrict__ sig,
                          const float* __restrict__ mxs, float* __restrict__ out, float* __restrict__ out2, int n_items,
-                         int per_warp) {
+                         int per_warp, float* __restrict__ out3, int act, float alpha, float limit) {
+    static_assert(!GU || MT == 2, "a gate+up item is a gate tile and an up tile");
     extern __shared__ __align__(16) unsigned char ring[];
-    constexpr int RI = 16 * MT, SLOT = RI * F::NBYTES, NP = SLOT / 16, NC = (NP + 31) / 32;
+    // RI: rows per item (GU: of each tensor); SLOT: an item's superblock (mma_tiles' tile)
+    constexpr int RI = GU ? 16 : 16 * MT, SLOT = 16 * MT * F::NBYTES, NP = SLOT / 16, NC = (NP + 31) / 32;
     static_assert(SLOT % 16 == 0, "an item's superblock is whole 16-byte pieces");
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
     if (i0 >= i1) return;
-    [[maybe_unused]] const int wtr = (blockIdx.y * gridDim.x + blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    [[maybe_unused]] const int wtr = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     TRACE(mma_trace, wtr, 0);
     const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
-    const u8* Wz = blockIdx.y ? W2 : W;                  // y = 1: the up tensor of gate+up
-    float* o = blockIdx.y ? out2 : out;
     u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * SLOT;
     // the fetch cursor: item fi, superblock fs, ring slot fslot; fb: the item's rows in superblock 0
     int fi = i0, fs = 0, fslot = 0;
     const u8* fb;
     auto fitem = [&](int i) {
-        fb = Wz + (long long)gexp[i / tpg] * es + (long long)(i % tpg) * S * SLOT;   // the item's layout tile
+        fb = W + (long long)gexp[i / tpg] * es + (long long)(i % tpg) * S * SLOT;   // the item's layout tile
     };
     auto fetch = [&]() {
         if (fi < i1) {
@@ -479,8 +492,8 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
 #pragma unroll
     for (int j = 0; j < F::NB - 1; j++) fetch();
     // the item and the next one (host arrays: ready before x_fixed is)
-    Item<NK> it = item<NK, MT>(i0, tpg, gstart, mx, mo, g, tq), nx = it;
-    if (i0 + 1 < i1) nx = item<NK, MT>(i0 + 1, tpg, gstart, mx, mo, g, tq);
+    Item<NK> it = item<NK, RI>(i0, tpg, gstart, mx, mo, g, tq), nx = it;
+    if (i0 + 1 < i1) nx = item<NK, RI>(i0 + 1, tpg, gstart, mx, mo, g, tq);
     // MMA k's B fragments of member tb, superblock s (uint4s; + 8·bp for block pair bp)
     auto xoff = [&](int tb, int s, int k) {
         const int L = Cols<NK>::bdigit(g, k);
@@ -538,43 +551,63 @@ __device__ void mma_rows(const u8* __restrict__ W, const u8* __restrict__ W2, lo
             for (int j = 0; j < J; j++) {
                 const bool wr = Cols<NK>::dmember(tq, j) < it.nt;
                 const long long ob = (long long)it.od[j] * R;
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
+                if constexpr (GU) {
 #pragma unroll
                     for (int rr = 0; rr < (NK > 1 ? 2 : 1); rr++) {
-                        const int r = it.r0 + 16 * mt + 8 * (NK > 1 ? rr : tq & 1);
-                        if (wr && r < R) o[ob + r] = acc[mt][j][rr];
-                        acc[mt][j][rr] = 0.f;
+                        const int r = it.r0 + 8 * (NK > 1 ? rr : tq & 1);
+                        const float gt = acc[0][j][rr], up = acc[1][j][rr];
+                        if (wr && r < R) {
+                            out[ob + r] = gt;
+                            out2[ob + r] = up;
+                            out3[ob + r] = act_fn(act, gt, up, alpha, limit);
+                        }
+                        acc[0][j][rr] = acc[1][j][rr] = 0.f;
+                    }
+                } else {
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+                        for (int rr = 0; rr < (NK > 1 ? 2 : 1); rr++) {
+                            const int r = it.r0 + 16 * mt + 8 * (NK > 1 ? rr : tq & 1);
+                            if (wr && r < R) out[ob + r] = acc[mt][j][rr];
+                            acc[mt][j][rr] = 0.f;
+                        }
                     }
                 }
             }
             s = 0;
             it = nx;
-            if (++i + 1 < i1) nx = item<NK, MT>(i + 1, tpg, gstart, mx, mo, g, tq);
+            if (++i + 1 < i1) nx = item<NK, RI>(i + 1, tpg, gstart, mx, mo, g, tq);
         }
     }
     cp_async_wait<0>();
     TRACE(mma_trace, wtr, 3);
 }
 
-// moe_mma<n>_<Q>: groups of up to n members (1, 2, 3 MMAs per weight group for n = 2, 4, 8), MT tiles
-// per item (gpu_layout.MMA_MT[n]), MINB blocks per SM the register budget is set for.
-// grid (ceil(items / (4·per_warp)), 1 or 2 (gate, up)), block 128, dynamic shared memory
-// 4·NB·16·MT·NBYTES (gpu_layout.mma_smem); item = (group, MT 16-row tiles); W, W2 in mma_tiles'
-// layout, es its expert stride. Measured (H100, session 5): one or two members run best with more
-// warps (MT 1, 4 blocks), eight with the activation loads shared by two tiles (MT 2, 2 blocks).
+// moe_mma<n>_<Q>: one tensor, groups of up to n members (1, 2, 3 MMAs per weight group for n = 2, 4,
+// 8), MT tiles per item (gpu_layout.MMA_MT[n]), MINB blocks per SM the register budget is set for.
+// moe_mma_gu<n>_<Q>: gate, up and act(gate, up), items of 16 rows of both tensors. Grid
+// ceil(items / (4·per_warp)), block 128, dynamic shared memory 4·NB·16·MT·NBYTES (gpu_layout.mma_smem);
+// W in mma_tiles' layout (mma_tiles<tile>_<Q> or, gate+up, mma_tiles_gu_<Q>), es its expert stride.
+// Measured (H100, session 5): one or two members run best with more warps (MT 1, 4 blocks), eight
+// with the activation loads shared by two tiles (MT 2, 2 blocks); session 7: gate+up in one kernel
+// (two tiles an item, 3 blocks for one or two members) beat the gate and up launches it replaced.
 #ifndef MMA_MINB_1
 #define MMA_MINB_1 4
 #endif
 #ifndef MMA_MINB_2
 #define MMA_MINB_2 2
 #endif
-#define MMA_ENTRY(NAME, F, NK, MT, XPF)                                                                          \
-extern "C" __global__ void __launch_bounds__(128, MMA_MINB_##MT) NAME(                                          \
-        const u8* W, const u8* W2, long long es, int R, int n_in, const int* gexp, const int* gstart,            \
+#ifndef MMA_MINB_GU1                // gate+up for one or two members (two tiles an item)
+#define MMA_MINB_GU1 3
+#endif
+#define MMA_ENTRY(NAME, F, NK, MT, GU, MINB)                                                                     \
+extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                                   \
+        const u8* W, long long es, int R, int n_in, const int* gexp, const int* gstart,                          \
         const int* mx, const int* mo, const uint4* xb, const float* sig, const float* mxs, float* out,           \
-        float* out2, int n_items, int per_warp) {                                                                \
-    mma_rows<F, NK, MT, XPF>(W, W2, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, per_warp); \
+        float* out2, int n_items, int per_warp, float* out3, int act, float alpha, float limit) {                \
+    mma_rows<F, NK, MT, MMA_XPF, GU>(W, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, \
+                                     per_warp, out3, act, alpha, limit);                                         \
 }
 #ifndef MMA_MT_2                   // tiles per item by members served (gpu_layout.MMA_MT; tuning builds override)
 #define MMA_MT_2 1
@@ -588,17 +621,17 @@ extern "C" __global__ void __launch_bounds__(128, MMA_MINB_##MT) NAME(          
 #ifndef MMA_XPF                    // block pairs (of 4) of B fragments loaded a superblock ahead
 #define MMA_XPF 4                  // (session 6, H100: Q6_K 8 tokens 237 → 202 µs; 1 token: no change)
 #endif
-#define MMA_ENTRY_(NAME, F, NK, MT) MMA_ENTRY(NAME, F, NK, MT, MMA_XPF)
+#define MMA_MINB_OF(MT) MMA_MINB_##MT
+#define MMA_ENTRY_(NAME, F, NK, MT) MMA_ENTRY(NAME, F, NK, MT, false, MMA_MINB_OF(MT))
 MMA_ENTRY_(moe_mma2_Q4_K, MQ4_K, 1, MMA_MT_2)
 MMA_ENTRY_(moe_mma4_Q4_K, MQ4_K, 2, MMA_MT_4)
 MMA_ENTRY_(moe_mma8_Q4_K, MQ4_K, 3, MMA_MT_8)
 MMA_ENTRY_(moe_mma2_Q6_K, MQ6_K, 1, MMA_MT_2)
 MMA_ENTRY_(moe_mma4_Q6_K, MQ6_K, 2, MMA_MT_4)
 MMA_ENTRY_(moe_mma8_Q6_K, MQ6_K, 3, MMA_MT_8)
-
-// act(gate, up) of the tensor-core gate+up launch (the float kernels fuse it)
-extern "C" __global__ void act_rows(const float* g, const float* u, float* out, long long n, int act, float alpha,
-                                    float limit) {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = act_fn(act, g[i], u[i], alpha, limit);
-}
+MMA_ENTRY(moe_mma_gu2_Q4_K, MQ4_K, 1, 2, true, MMA_MINB_GU1)
+MMA_ENTRY(moe_mma_gu4_Q4_K, MQ4_K, 2, 2, true, MMA_MINB_2)
+MMA_ENTRY(moe_mma_gu8_Q4_K, MQ4_K, 3, 2, true, MMA_MINB_2)
+MMA_ENTRY(moe_mma_gu2_Q6_K, MQ6_K, 1, 2, true, MMA_MINB_GU1)
+MMA_ENTRY(moe_mma_gu4_Q6_K, MQ6_K, 2, 2, true, MMA_MINB_2)
+MMA_ENTRY(moe_mma_gu8_Q6_K, MQ6_K, 3, 2, true, MMA_MINB_2)
