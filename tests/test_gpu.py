@@ -185,3 +185,28 @@ def test_gate_up_kernels_for_few_members(gpu, qtype, ids, rng):
     assert np.array_equal(g, ge) and np.array_equal(u, ue)
     assert np.allclose(a, ae, rtol=1e-6, atol=1e-7)
     assert np.allclose(a, g / (1 + np.exp(-g.astype(np.float64))) * u, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_pooled_items_equal_fixed_shares(gpu, qtype, monkeypatch):
+    """Launches large enough that each warp leaves items to the pool (gpu_layout.MMA_POOL; claimed by
+    the warps that finish first) give the bits of fixed shares: an item's sums do not depend on the
+    warp that computes it. (Small launches, like the tests' above, have no pool.)"""
+    from moeparity.backends import gpu_layout as L
+    from moeparity.bench_gpu import FF, HIDDEN, _Case
+    rng = np.random.default_rng(7)
+    E, ntok = 64, 8
+    ids = np.tile(np.arange(E), (ntok, 1))
+    cases = [(_Case(gpu, QTYPES[qtype], E, FF, HIDDEN, seed=1, pair=True), rng.standard_normal((ntok, HIDDEN))),
+             (_Case(gpu, QTYPES[qtype], E, HIDDEN, FF, seed=2), rng.standard_normal((ntok * E, FF)))]
+    got = {}
+    for pool in (0, 1, 3):
+        monkeypatch.setattr(L, "MMA_POOL", pool)
+        got[pool] = []
+        for case, x in cases:
+            case.plan(ids, x.astype(np.float32))
+            case.ours()
+            got[pool] += [o.get() for o in case.launch.outs]
+    assert all(np.count_nonzero(np.nan_to_num(o)) > o.size // 2 for o in got[0])
+    for pool in (1, 3):
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got[0], got[pool]))

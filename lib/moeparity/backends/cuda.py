@@ -175,8 +175,9 @@ class Launch:
             self.steps.append((fn, (-(-n_items // (L.MMA_WARPS * per_warp)),), (32 * L.MMA_WARPS,), smem,
                                (Wt, np.int64(es), np.int32(R), np.int32(n_in),
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *mxo, dig, sig, mxs,
-                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(per_warp), o[2 % len(o)],
-                                np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit)), "pdl"))
+                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(max(1, per_warp - L.MMA_POOL)),
+                                o[2 % len(o)], np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit),
+                                cp.zeros(1, cp.uint64)), "pdl"))
             return
         Xq, S, mode = L.activations(X, qt, act)
         tcap = L.tcap_of(start)

@@ -36,6 +36,10 @@ MMA_MT = {2: 1, 4: 2, 8: 2}
 MMA_RING = {"Q4_K": 3, "Q6_K": 2}
 MMA_COPY = {"Q4_K": 16, "Q6_K": 2}      # bytes per unit of mma_tiles' copy (F::COPY)
 MMA_WARPS = 4
+# Items a warp leaves to the launch's pool out of its share (moe_mma.cuh: the warps that finish first
+# claim them; some SMs run a whole launch 5-10 % slower, session 7's trace, and a fixed share waits for
+# them). H100, same call, layer µs pool 0 → 1: Q4_K 8 tokens 155.6 → 153.6, Q6_K 1 token 186.6 → 184.4.
+MMA_POOL = 1
 
 
 def mma_kernel(qt, members: int, gu: bool) -> str:

@@ -457,17 +457,24 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                          const int* __restrict__ gexp, const int* __restrict__ gstart, const int* __restrict__ mx,
                          const int* __restrict__ mo, const uint4* __restrict__ xb, const float* __restrict__ sig,
                          const float* __restrict__ mxs, float* __restrict__ out, float* __restrict__ out2, int n_items,
-                         int per_warp, float* __restrict__ out3, int act, float alpha, float limit) {
+                         int per_warp, float* __restrict__ out3, int act, float alpha, float limit,
+                         unsigned long long* __restrict__ pool) {
     static_assert(!GU || MT == 2, "a gate+up item is a gate tile and an up tile");
     extern __shared__ __align__(16) unsigned char ring[];
     // RI: rows per item (GU: of each tensor); SLOT: an item's superblock (mma_tiles' tile)
     constexpr int RI = GU ? 16 : 16 * MT, SLOT = 16 * MT * F::NBYTES, NP = SLOT / 16, NC = (NP + 31) / 32;
     static_assert(SLOT % 16 == 0, "an item's superblock is whole 16-byte pieces");
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
-    const int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * per_warp, i1 = min(n_items, i0 + per_warp);
-    if (i0 >= i1) return;
-    [[maybe_unused]] const int wtr = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    // A warp's fixed share: items [i0, i1) below n_fixed; the rest (the pool) are claimed one at a
+    // time by the warps that finish first (pool[0], 64-bit, never reset: a launch makes exactly
+    // n_pool + its warps claims, one failing claim a warp, so claims are read modulo that).
+    const int nw = gridDim.x * (blockDim.x / 32), wg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int n_fixed = min(n_items, nw * per_warp), n_pool = n_items - n_fixed;
+    int i0 = wg * per_warp, i1 = min(n_fixed, i0 + per_warp);
+    [[maybe_unused]] const int wtr = wg;
     TRACE(mma_trace, wtr, 0);
+    for (;;) {
+    if (i0 < i1) {
     const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
     u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * SLOT;
     // the fetch cursor: item fi, superblock fs, ring slot fslot; fb: the item's rows in superblock 0
@@ -581,6 +588,14 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
         }
     }
     cp_async_wait<0>();
+    }
+    unsigned long long v = 0;
+    if (lane == 0) v = atomicAdd(pool, 1ull);
+    v = __shfl_sync(0xffffffffu, v, 0) % (unsigned long long)(n_pool + nw);
+    if (v >= (unsigned long long)n_pool) break;
+    i0 = n_fixed + (int)v;
+    i1 = i0 + 1;
+    }
     TRACE(mma_trace, wtr, 3);
 }
 
@@ -605,9 +620,10 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                                   \
         const u8* W, long long es, int R, int n_in, const int* gexp, const int* gstart,                          \
         const int* mx, const int* mo, const uint4* xb, const float* sig, const float* mxs, float* out,           \
-        float* out2, int n_items, int per_warp, float* out3, int act, float alpha, float limit) {                \
+        float* out2, int n_items, int per_warp, float* out3, int act, float alpha, float limit,                   \
+        unsigned long long* pool) {                                                                              \
     mma_rows<F, NK, MT, MMA_XPF, GU>(W, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, \
-                                     per_warp, out3, act, alpha, limit);                                         \
+                                     per_warp, out3, act, alpha, limit, pool);                                   \
 }
 #ifndef MMA_MT_2                   // tiles per item by members served (gpu_layout.MMA_MT; tuning builds override)
 #define MMA_MT_2 1
