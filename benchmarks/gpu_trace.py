@@ -1,7 +1,8 @@
 """Where a tensor-core launch's time goes, warp by warp (device machine). A -DMMA_TRACE build records
-%globaltimer per warp: x_fixed's start and end; moe_mma's start, pdl_wait done, first superblock done,
-end. Printed in µs after a stamp kernel enqueued right before the launch (L2 evicted, GPU kept busy
-by a spin kernel first, as bench gpu times it), for the Q4_K/Q6_K full-layer gate and down."""
+%globaltimer per warp: x_fixed's start and end; moe_mma's start, pdl_wait done and first superblock
+done (of its fixed share), end. Printed in µs after a stamp kernel enqueued right before the launch
+(L2 evicted, GPU kept busy by a spin kernel first, as bench gpu times it), for the Q4_K/Q6_K
+full-layer gate (one tensor) and down. SLOW=1: the slowest warps and the end time by grid eighth."""
 import os
 import sys
 
@@ -47,13 +48,13 @@ for qn in ("Q4_K", "Q6_K"):
                 x = bufs["xf_trace"].get().reshape(-1, 8).astype(np.int64)
                 mall = m
                 m, x = m[m[:, 0] > 0], x[x[:, 1] > 0]
-                sm = m[:, 7]
+                sm, has2 = m[:, 7], m[:, 2] > 0          # (warps with only pool items: no slot 2)
                 m, x = (m[:, :4] - t0) / 1e3, (x[:, :2] - t0) / 1e3
                 per_sm = np.bincount(sm)                 # warps per SM: end times of SMs with fewer vs more
                 few = per_sm[sm] < per_sm[per_sm > 0].max()
                 print(f"{qn} {role} x{ntok} (timed {t * 1e6:.1f} µs) run {run}: end stamp {(int(st[1].get()) - t0) / 1e3:.1f} | "
                       f"x_fixed start {q(x[:, 0], (0, 100))} end {q(x[:, 1], (0, 50, 100))} | mma ({len(m)} warps) start "
-                      f"{q(m[:, 0], (0, 50, 100))} waited {q(m[:, 1], (0, 50, 100))} first SB {q(m[:, 2], (0, 50, 100))} "
+                      f"{q(m[:, 0], (0, 50, 100))} waited {q(m[:, 1], (0, 50, 100))} first SB {q(m[has2, 2], (0, 50, 100))} "
                       f"end {q(m[:, 3])} (0/10/50/90/100 %) | on SMs with fewer warps ({few.sum()}): end "
                       f"{q(m[few, 3], (0, 50, 100))}, the others {q(m[~few, 3], (0, 50, 100))}", flush=True)
                 if run == 1 and os.environ.get("SLOW"):      # the slowest warps: index, SM, its four times

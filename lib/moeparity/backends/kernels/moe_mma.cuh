@@ -474,135 +474,136 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
     [[maybe_unused]] const int wtr = wg;
     TRACE(mma_trace, wtr, 0);
     for (;;) {
-    if (i0 < i1) {
-    const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
-    u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * SLOT;
-    // the fetch cursor: item fi, superblock fs, ring slot fslot; fb: the item's rows in superblock 0
-    int fi = i0, fs = 0, fslot = 0;
-    const u8* fb;
-    auto fitem = [&](int i) {
-        fb = W + (long long)gexp[i / tpg] * es + (long long)(i % tpg) * S * SLOT;   // the item's layout tile
-    };
-    auto fetch = [&]() {
-        if (fi < i1) {
-            u8* dst = my + fslot * SLOT + 16 * lane;
-            const u8* src = fb + fs * SLOT + 16 * lane;
+        if (i0 < i1) {
+            const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
+            u8* my = ring + (size_t)(threadIdx.x / 32) * F::NB * SLOT;
+            // the fetch cursor: item fi, superblock fs, ring slot fslot; fb: the item's rows in superblock 0
+            int fi = i0, fs = 0, fslot = 0;
+            const u8* fb;
+            auto fitem = [&](int i) {
+                fb = W + (long long)gexp[i / tpg] * es + (long long)(i % tpg) * S * SLOT;   // the item's layout tile
+            };
+            auto fetch = [&]() {
+                if (fi < i1) {
+                    u8* dst = my + fslot * SLOT + 16 * lane;
+                    const u8* src = fb + fs * SLOT + 16 * lane;
 #pragma unroll
-            for (int c = 0; c < NC; c++)
-                if (32 * NC == NP || lane + 32 * c < NP) cp_async16(dst + 512 * c, src + 512 * c);
-            if (++fs == S) { fs = 0; if (++fi < i1) fitem(fi); }
-            if (++fslot == F::NB) fslot = 0;
-        }
-        cp_async_commit();                               // (an empty group keeps the wait count uniform)
-    };
-    fitem(i0);
+                    for (int c = 0; c < NC; c++)
+                        if (32 * NC == NP || lane + 32 * c < NP) cp_async16(dst + 512 * c, src + 512 * c);
+                    if (++fs == S) { fs = 0; if (++fi < i1) fitem(fi); }
+                    if (++fslot == F::NB) fslot = 0;
+                }
+                cp_async_commit();                               // (an empty group keeps the wait count uniform)
+            };
+            fitem(i0);
 #pragma unroll
-    for (int j = 0; j < F::NB - 1; j++) fetch();
-    // the item and the next one (host arrays: ready before x_fixed is)
-    Item<NK> it = item<NK, RI>(i0, tpg, gstart, mx, mo, g, tq), nx = it;
-    if (i0 + 1 < i1) nx = item<NK, RI>(i0 + 1, tpg, gstart, mx, mo, g, tq);
-    // MMA k's B fragments of member tb, superblock s (uint4s; + 8·bp for block pair bp)
-    auto xoff = [&](int tb, int s, int k) {
-        const int L = Cols<NK>::bdigit(g, k);
-        return (tb * S + s) * 64 + (L >> 1) * 32 + (L & 1) * 4 + tq;
-    };
-    // The first XPF block pairs' fragments and the σ of the superblock computed next, loaded one
-    // superblock ahead (their latency stalled each superblock's first MMAs and its last multiplies:
-    // ncu, session 6).
-    constexpr int J = Cols<NK>::J;
-    uint4 xf[XPF > 0 ? XPF : 1][NK];
-    float sg[J];
-    auto prefetch = [&](const Item<NK>& m, int s) {
+            for (int j = 0; j < F::NB - 1; j++) fetch();
+            // the item and the next one (host arrays: ready before x_fixed is)
+            Item<NK> it = item<NK, RI>(i0, tpg, gstart, mx, mo, g, tq), nx = it;
+            if (i0 + 1 < i1) nx = item<NK, RI>(i0 + 1, tpg, gstart, mx, mo, g, tq);
+            // MMA k's B fragments of member tb, superblock s (uint4s; + 8·bp for block pair bp)
+            auto xoff = [&](int tb, int s, int k) {
+                const int L = Cols<NK>::bdigit(g, k);
+                return (tb * S + s) * 64 + (L >> 1) * 32 + (L & 1) * 4 + tq;
+            };
+            // The first XPF block pairs' fragments and the σ of the superblock computed next, loaded one
+            // superblock ahead (their latency stalled each superblock's first MMAs and its last multiplies:
+            // ncu, session 6).
+            constexpr int J = Cols<NK>::J;
+            uint4 xf[XPF > 0 ? XPF : 1][NK];
+            float sg[J];
+            auto prefetch = [&](const Item<NK>& m, int s) {
 #pragma unroll
-        for (int bp = 0; bp < XPF; bp++)
+                for (int bp = 0; bp < XPF; bp++)
 #pragma unroll
-            for (int k = 0; k < NK; k++) xf[bp][k] = __ldg(xb + xoff(m.tb, s, k) + 8 * bp);
+                    for (int k = 0; k < NK; k++) xf[bp][k] = __ldg(xb + xoff(m.tb, s, k) + 8 * bp);
 #pragma unroll
-        for (int j = 0; j < J; j++) sg[j] = __ldg(sig + m.td[j] * S + s);
-    };
-    pdl_wait();                                          // x_fixed's output is read from here on
-    TRACE(mma_trace, wtr, 1);
-    prefetch(it, 0);
-    float acc[MT][J][2];
+                for (int j = 0; j < J; j++) sg[j] = __ldg(sig + m.td[j] * S + s);
+            };
+            pdl_wait();                                          // x_fixed's output is read from here on
+            if (i0 == wg * per_warp) TRACE(mma_trace, wtr, 1);
+            prefetch(it, 0);
+            float acc[MT][J][2];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int j = 0; j < J; j++) acc[mt][j][0] = acc[mt][j][1] = 0.f;
-    for (int i = i0, s = 0, slot = 0; i < i1;) {
-        fetch();                                         // into the slot the previous superblock used
-        cp_async_wait<F::NB - 1>();                      // this superblock has landed
-        __syncwarp();
-        const u8* sl = my + slot * SLOT;
-        typename F::Raw cur[MT][2];
+                for (int j = 0; j < J; j++) acc[mt][j][0] = acc[mt][j][1] = 0.f;
+            for (int i = i0, s = 0, slot = 0; i < i1;) {
+                fetch();                                         // into the slot the previous superblock used
+                cp_async_wait<F::NB - 1>();                      // this superblock has landed
+                __syncwarp();
+                const u8* sl = my + slot * SLOT;
+                typename F::Raw cur[MT][2];
 #pragma unroll
-        for (int v = 0; v < 2 * MT; v++)
-            F::load(sl + (v >> 1) * 16 * F::NBYTES, g + 8 * (v & 1), tq, cur[v >> 1][v & 1]);
-        int xo[NK], moff[J];
+                for (int v = 0; v < 2 * MT; v++)
+                    F::load(sl + (v >> 1) * 16 * F::NBYTES, g + 8 * (v & 1), tq, cur[v >> 1][v & 1]);
+                int xo[NK], moff[J];
 #pragma unroll
-        for (int k = 0; k < NK; k++) xo[k] = xoff(it.tb, s, k);
+                for (int k = 0; k < NK; k++) xo[k] = xoff(it.tb, s, k);
 #pragma unroll
-        for (int j = 0; j < J; j++) moff[j] = (it.td[j] * S + s) * G;
-        int T[MT][NK][4];
-        dots<NK, MT, XPF>(cur, xb, xo, xf, T);
-        float sgc[J];
+                for (int j = 0; j < J; j++) moff[j] = (it.td[j] * S + s) * G;
+                int T[MT][NK][4];
+                dots<NK, MT, XPF>(cur, xb, xo, xf, T);
+                float sgc[J];
 #pragma unroll
-        for (int j = 0; j < J; j++) sgc[j] = sg[j];
-        if (s + 1 < S) prefetch(it, s + 1);
-        else if (i + 1 < i1) prefetch(nx, 0);
-        finish<F, NK, MT>(cur, T, mxs, moff, sgc, acc, tq);
-        __syncwarp();                                    // the slot is refilled next
-        if (++slot == F::NB) slot = 0;
-        if (i == i0 && s == 0) TRACE(mma_trace, wtr, 2);
-        if (++s == S) {                                  // item done: every lane holds its members' sums
+                for (int j = 0; j < J; j++) sgc[j] = sg[j];
+                if (s + 1 < S) prefetch(it, s + 1);
+                else if (i + 1 < i1) prefetch(nx, 0);
+                finish<F, NK, MT>(cur, T, mxs, moff, sgc, acc, tq);
+                __syncwarp();                                    // the slot is refilled next
+                if (++slot == F::NB) slot = 0;
+                if (i == i0 && s == 0 && i0 == wg * per_warp) TRACE(mma_trace, wtr, 2);   // (the fixed share's)
+                if (++s == S) {                                  // item done: every lane holds its members' sums
 #pragma unroll
-            for (int j = 0; j < J; j++) {
-                const bool wr = Cols<NK>::dmember(tq, j) < it.nt;
-                const long long ob = (long long)it.od[j] * R;
-                if constexpr (GU) {
+                    for (int j = 0; j < J; j++) {
+                        const bool wr = Cols<NK>::dmember(tq, j) < it.nt;
+                        const long long ob = (long long)it.od[j] * R;
+                        if constexpr (GU) {
 #pragma unroll
-                    for (int rr = 0; rr < (NK > 1 ? 2 : 1); rr++) {
-                        const int r = it.r0 + 8 * (NK > 1 ? rr : tq & 1);
-                        const float gt = acc[0][j][rr], up = acc[1][j][rr];
-                        if (wr && r < R) {
-                            out[ob + r] = gt;
-                            out2[ob + r] = up;
-                            out3[ob + r] = act_fn(act, gt, up, alpha, limit);
+                            for (int rr = 0; rr < (NK > 1 ? 2 : 1); rr++) {
+                                const int r = it.r0 + 8 * (NK > 1 ? rr : tq & 1);
+                                const float gt = acc[0][j][rr], up = acc[1][j][rr];
+                                if (wr && r < R) {
+                                    out[ob + r] = gt;
+                                    out2[ob + r] = up;
+                                    out3[ob + r] = act_fn(act, gt, up, alpha, limit);
+                                }
+                                acc[0][j][rr] = acc[1][j][rr] = 0.f;
+                            }
+                        } else {
+#pragma unroll
+                            for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+                                for (int rr = 0; rr < (NK > 1 ? 2 : 1); rr++) {
+                                    const int r = it.r0 + 16 * mt + 8 * (NK > 1 ? rr : tq & 1);
+                                    if (wr && r < R) out[ob + r] = acc[mt][j][rr];
+                                    acc[mt][j][rr] = 0.f;
+                                }
+                            }
                         }
-                        acc[0][j][rr] = acc[1][j][rr] = 0.f;
                     }
-                } else {
-#pragma unroll
-                    for (int mt = 0; mt < MT; mt++) {
-#pragma unroll
-                        for (int rr = 0; rr < (NK > 1 ? 2 : 1); rr++) {
-                            const int r = it.r0 + 16 * mt + 8 * (NK > 1 ? rr : tq & 1);
-                            if (wr && r < R) out[ob + r] = acc[mt][j][rr];
-                            acc[mt][j][rr] = 0.f;
-                        }
-                    }
+                    s = 0;
+                    it = nx;
+                    if (++i + 1 < i1) nx = item<NK, RI>(i + 1, tpg, gstart, mx, mo, g, tq);
                 }
             }
-            s = 0;
-            it = nx;
-            if (++i + 1 < i1) nx = item<NK, RI>(i + 1, tpg, gstart, mx, mo, g, tq);
+            cp_async_wait<0>();
         }
-    }
-    cp_async_wait<0>();
-    }
-    unsigned long long v = 0;
-    if (lane == 0) v = atomicAdd(pool, 1ull);
-    v = __shfl_sync(0xffffffffu, v, 0) % (unsigned long long)(n_pool + nw);
-    if (v >= (unsigned long long)n_pool) break;
-    i0 = n_fixed + (int)v;
-    i1 = i0 + 1;
+        unsigned long long v = 0;
+        if (lane == 0) v = atomicAdd(pool, 1ull);
+        v = __shfl_sync(0xffffffffu, v, 0) % (unsigned long long)(n_pool + nw);
+        if (v >= (unsigned long long)n_pool) break;
+        i0 = n_fixed + (int)v;
+        i1 = i0 + 1;
     }
     TRACE(mma_trace, wtr, 3);
 }
 
 // moe_mma<n>_<Q>: one tensor, groups of up to n members (1, 2, 3 MMAs per weight group for n = 2, 4,
 // 8), MT tiles per item (gpu_layout.MMA_MT[n]), MINB blocks per SM the register budget is set for.
-// moe_mma_gu<n>_<Q>: gate, up and act(gate, up), items of 16 rows of both tensors. Grid
-// ceil(items / (4·per_warp)), block 128, dynamic shared memory 4·NB·16·MT·NBYTES (gpu_layout.mma_smem);
+// moe_mma_gu<n>_<Q>: gate, up and act(gate, up), items of 16 rows of both tensors. per_warp: a warp's
+// fixed share (cuda.py: gpu_layout.MMA_POOL fewer than the grid's warps need to cover every item; the
+// pool covers the rest); block 128, dynamic shared memory 4·NB·16·MT·NBYTES (gpu_layout.mma_smem);
 // W in mma_tiles' layout (mma_tiles<tile>_<Q> or, gate+up, mma_tiles_gu_<Q>), es its expert stride.
 // Measured (H100, session 5): one or two members run best with more warps (MT 1, 4 blocks), eight
 // with the activation loads shared by two tiles (MT 2, 2 blocks); session 7: gate+up in one kernel
