@@ -471,8 +471,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
     const int nw = gridDim.x * (blockDim.x / 32), wg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int n_fixed = min(n_items, nw * per_warp), n_pool = n_items - n_fixed;
     int i0 = wg * per_warp, i1 = min(n_fixed, i0 + per_warp);
-    [[maybe_unused]] const int wtr = wg;
-    TRACE(mma_trace, wtr, 0);
+    TRACE(mma_trace, wg, 0);
     for (;;) {
         if (i0 < i1) {
             const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
@@ -521,7 +520,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                 for (int j = 0; j < J; j++) sg[j] = __ldg(sig + m.td[j] * S + s);
             };
             pdl_wait();                                          // x_fixed's output is read from here on
-            if (i0 == wg * per_warp) TRACE(mma_trace, wtr, 1);
+            if (i0 == wg * per_warp) TRACE(mma_trace, wg, 1);
             prefetch(it, 0);
             float acc[MT][J][2];
 #pragma unroll
@@ -552,7 +551,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                 finish<F, NK, MT>(cur, T, mxs, moff, sgc, acc, tq);
                 __syncwarp();                                    // the slot is refilled next
                 if (++slot == F::NB) slot = 0;
-                if (i == i0 && s == 0 && i0 == wg * per_warp) TRACE(mma_trace, wtr, 2);   // (the fixed share's)
+                if (i == i0 && s == 0 && i0 == wg * per_warp) TRACE(mma_trace, wg, 2);   // (the fixed share's)
                 if (++s == S) {                                  // item done: every lane holds its members' sums
 #pragma unroll
                     for (int j = 0; j < J; j++) {
@@ -596,7 +595,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
         i0 = n_fixed + (int)v;
         i1 = i0 + 1;
     }
-    TRACE(mma_trace, wtr, 3);
+    TRACE(mma_trace, wg, 3);
 }
 
 // moe_mma<n>_<Q>: one tensor, groups of up to n members (1, 2, 3 MMAs per weight group for n = 2, 4,
