@@ -2,7 +2,7 @@
 %globaltimer per warp: x_fixed's start and end; moe_mma's start, pdl_wait done and first superblock
 done (of its fixed share), end. Printed in µs after a stamp kernel enqueued right before the launch
 (L2 evicted, GPU kept busy by a spin kernel first, as bench gpu times it), for the Q4_K/Q6_K
-full-layer gate (one tensor) and down. SLOW=1: the slowest warps and the end time by grid eighth."""
+full-layer gate+up (one launch, as the backend runs it) and down. SLOW=1: the slowest warps and the end time by grid eighth."""
 import os
 import sys
 
@@ -28,8 +28,8 @@ def q(a, ps=(0, 10, 50, 90, 100)):
 
 rng = np.random.default_rng(0)
 for qn in ("Q4_K", "Q6_K"):
-    for role, (R, n_in) in (("gate", (FF, HIDDEN)), ("down", (HIDDEN, FF))):
-        cs = _Case(be, QTYPES[qn], 128, R, n_in, seed=1)
+    for role, (R, n_in) in (("gate+up", (FF, HIDDEN)), ("down", (HIDDEN, FF))):
+        cs = _Case(be, QTYPES[qn], 128, R, n_in, seed=1, pair=role == "gate+up")
         for ntok in (1, 8):
             ids = np.tile(np.arange(128), (ntok, 1))
             cs.plan(ids, rng.standard_normal((ntok * (128 if role == "down" else 1), n_in)).astype(np.float32))

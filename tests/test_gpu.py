@@ -210,3 +210,55 @@ def test_pooled_items_equal_fixed_shares(gpu, qtype, monkeypatch):
     assert all(np.count_nonzero(np.nan_to_num(o)) > o.size // 2 for o in got[0])
     for pool in (1, 3):
         assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got[0], got[pool]))
+
+
+@pytest.mark.parametrize("gu_q, down_q", [("Q4_K", "Q4_K"), ("Q6_K", "Q6_K"), ("Q4_K", "Q6_K"), ("Q6_K", "Q4_0"),
+                                          ("Q8_0", "Q4_K")])
+@pytest.mark.parametrize("routing", ["top2", "all"])
+def test_ffn_chain_equals_separate_calls(gpu, gu_q, down_q, routing, rng):
+    """moe_ffn (gate+up, then the down on the act left on the device, the two launches back to back
+    with the down's x_fixed allowed to start early) gives the bits of moe_gate_up then moe_matvec on
+    the returned act, called twice in a row (the launches' buffers and pools reused); a down on the
+    float kernels (Q4_0) takes the host's act instead. 'all': every expert for 8 tokens, 8 members a
+    group, launches large enough to leave items to the pool."""
+    from types import SimpleNamespace
+    E, F, H = (6, 256, 512) if routing == "top2" else (48, 256, 512)
+    w = lambda *s: (rng.standard_t(5, size=s) * 0.05).astype(np.float32)      # noqa: E731
+    G = QTensor.from_weights("blk.0.ffn_gate_exps.weight", w(E, F, H), gu_q)
+    Up = QTensor.from_weights("blk.0.ffn_up_exps.weight", w(E, F, H), gu_q)
+    D = QTensor.from_weights("blk.0.ffn_down_exps.weight", w(E, H, F), down_q)
+    ids = rng.integers(0, E, size=(9, 2)) if routing == "top2" else np.tile(np.arange(E), (8, 1))
+    x = rng.standard_normal((len(ids), H)).astype(np.float32)
+    hp = SimpleNamespace(swiglu_alpha=0.0, swiglu_limit=0.0)
+    g, u, a = gpu.moe_gate_up(G, Up, ids, x, "silu", hp)
+    want = (g, u, a, gpu.moe_matvec(D, ids, a))
+    assert np.count_nonzero(want[3]) > want[3].size // 2
+    for _ in range(2):
+        got = gpu.moe_ffn(G, Up, D, ids, x, "silu", hp)
+        assert all(np.array_equal(p, q) for p, q in zip(got, want))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_first_call_of_a_fresh_launch_is_complete(gpu, qtype):
+    """The backend makes a Launch per call and runs it once, right after its mma_tiles copy, and the
+    matvec reads that copy before its griddepcontrol.wait: so x_fixed must be an ordinary launch,
+    which starts only once the copy is complete and visible. (Session 8 launched x_fixed with PDL too:
+    the first call of a 128-expert down then read a partly written copy, outputs up to inf, where
+    later calls did not.) The first call gives the second's bits, the down's x on the device and
+    from the host; 128 experts, as the race needed a large copy to show."""
+    from moeparity.backends.cuda import Launch
+    from moeparity.bench_gpu import FF, HIDDEN, _Case
+    qt, rng = QTYPES[qtype], np.random.default_rng(3)
+    gu = _Case(gpu, qt, 128, FF, HIDDEN, seed=1, pair=True)
+    dn = _Case(gpu, qt, 128, HIDDEN, FF, seed=2)
+    for ntok in (1, 8):
+        ids = np.tile(np.arange(128), (ntok, 1))
+        g = Launch(gpu, qt, gu.Ws, FF, HIDDEN, ids, rng.standard_normal((ntok, HIDDEN)).astype(np.float32),
+                   in_place=True)
+        g()
+        for X in (g.outs[2], g.outs[2].get()):
+            d = Launch(gpu, qt, dn.Ws, HIDDEN, FF, ids, X, in_place=True)
+            d()
+            first = d.outs[0].get()
+            d()
+            assert np.array_equal(first, d.outs[0].get(), equal_nan=True)

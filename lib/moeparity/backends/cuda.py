@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ..errors import NoDevice
+from ..errors import BadArgument, NoDevice
 from ..qtypes import QTYPES
 from . import gpu_layout as L
 from . import intdot, kernel_build, pdl
@@ -90,21 +90,24 @@ class CudaBackend(Backend):
         for r in roles:
             self.uploader.prefetch(layer[r], experts)
 
-    def _launch(self, tensors, ids, x, act, kind="silu", alpha=0.0, limit=0.0):
-        """One launch of the matvec (one tensor) or gate+up (two tensors) kernel → host outputs."""
+    def _prepare(self, tensors, ids, x, act, kind="silu", alpha=0.0, limit=0.0):
+        """A Launch, inputs and outputs allocated, of the matvec (one tensor) or gate+up (two tensors)
+        kernel. x: host activations, or (moe_ffn) a gate+up Launch's act on the device, a row a slot."""
         self.check_act(act)
         first = tensors[0]
         qt = QTYPES[self.dispatch(first.type_id, first.name)]
         L.check_n_in(first, act)
-        ids, xb = check_shapes(first, ids, x)
+        if not hasattr(x, "__cuda_array_interface__"):
+            ids, xb = check_shapes(first, ids, x)
+            shared = np.ndim(x) == 2
+            X = np.asarray(x if shared else xb.reshape(ids.size, -1), np.float32)
+        else:
+            ids, shared, X = np.asarray(ids, np.int64), False, x
         T, k = ids.shape
-        shared = np.asarray(x).ndim == 2
-        X = np.asarray(x if shared else xb.reshape(T * k, -1), np.float32)
         experts, start = L.layout(ids, shared)[:2]
         Ws = [self._weights(t, experts) for t in tensors]
         try:
-            launch = Launch(self, qt, Ws, first.n_out, first.n_in, ids, X, act, kind, alpha, limit)
-            launch()
+            return Launch(self, qt, Ws, first.n_out, first.n_in, ids, X, act, kind, alpha, limit)
         except self.cp.cuda.memory.OutOfMemoryError:
             # the launch's own buffers: outputs, activations and, on the tensor cores, the weights'
             # tiled copy (the largest: as many bytes as the weights, in whole tiles)
@@ -113,7 +116,16 @@ class CudaBackend(Backend):
                 if intdot.serves(qt.name, act) else 0
             raise self.uploader._oom(first, tiled + 4 * T * k * first.n_out * (1 if len(tensors) == 1 else 3),
                                      "computing") from None
-        return [self.cp.asnumpy(o).reshape(T, k, first.n_out) for o in launch.outs]
+
+    def _host(self, launch, ids):
+        T, k = np.shape(ids)
+        return [self.cp.asnumpy(o).reshape(T, k, -1) for o in launch.outs]
+
+    def _launch(self, tensors, ids, x, act, kind="silu", alpha=0.0, limit=0.0):
+        """One launch of the matvec (one tensor) or gate+up (two tensors) kernel → host outputs."""
+        launch = self._prepare(tensors, ids, x, act, kind, alpha, limit)
+        launch()
+        return self._host(launch, ids)
 
     def moe_matvec(self, tensor, ids, x, act="f32"):
         return self._launch([tensor], ids, x, act)[0]
@@ -121,6 +133,23 @@ class CudaBackend(Backend):
     def moe_gate_up(self, gate, up, ids, x, kind, hp, act="f32"):
         """Fused gate+up+act for the selected experts: one read of x, returns (gate, up, act)."""
         return tuple(self._launch([gate, up], ids, x, act, kind, hp.swiglu_alpha, hp.swiglu_limit))
+
+    def moe_ffn(self, gate, up, down, ids, x, kind, hp, act="f32"):
+        """moe_gate_up, then the down on its act: (gate, up, act, down), the same numbers. Where the
+        down runs on the tensor cores the act stays on the device and the two launches are enqueued
+        back to back (no round trip of the act through the host)."""
+        if down.n_in != gate.n_out:
+            raise BadArgument(f"{down.name}: rows of {down.n_in} weights, but {gate.name} gives {gate.n_out}")
+        gu = self._prepare([gate, up], ids, x, act, kind, hp.swiglu_alpha, hp.swiglu_limit)
+        qd = QTYPES[self.dispatch(down.type_id, down.name)]
+        if not intdot.serves(qd.name, act):          # the float kernels read host activations
+            gu()
+            g, u, a = self._host(gu, ids)
+            return g, u, a, self.moe_matvec(down, ids, a, act)
+        dn = self._prepare([down], ids, gu.outs[2], act)
+        gu()
+        dn()
+        return (*self._host(gu, ids), *self._host(dn, ids))
 
 
 class Launch:
@@ -165,17 +194,20 @@ class Launch:
             mins, S, n = qt.name in intdot.WITH_MIN, n_in // intdot.SB, X.shape[0]
             dig, sig = cp.empty(n * n_in * 4, cp.uint8), cp.empty(n * S, cp.float32)
             mxs = cp.empty(n * S * 256 // intdot.GROUP[qt.name] if mins else 1, cp.float32)   # (the min's Mx)
-            self.steps.append((be.module.get_function("x_fixed"), (-(-n * S // 8),), (256,), 0,
-                               (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(mins), np.int32(n), dig, sig, mxs)))
             fn = be.module.get_function(L.mma_kernel(qt, members, gu))
             smem = L.mma_smem(qt, members, gu)
             fn.max_dynamic_shared_size_bytes = smem
+            occ = be.occupancy(fn, 32 * L.MMA_WARPS, smem)
+            # x_fixed: an ordinary launch, so it starts once everything before it is complete and
+            # visible, the weights' tiled copy included, which the matvec reads before its wait
+            self.steps.append((be.module.get_function("x_fixed"), (-(-n * S // 8),), (256,), 0,
+                               (cp.asarray(X, cp.float32), np.int32(n_in), np.int32(mins), np.int32(n), dig, sig, mxs)))
             n_items = (len(gs0) - 1) * -(-R // tile)
-            per_warp = -(-n_items // (be.sm_count * L.MMA_WARPS * be.occupancy(fn, 32 * L.MMA_WARPS, smem)))
-            self.steps.append((fn, (-(-n_items // (L.MMA_WARPS * per_warp)),), (32 * L.MMA_WARPS,), smem,
+            blocks, share = L.mma_grid(n_items, be.sm_count * L.MMA_WARPS * occ)
+            self.steps.append((fn, (blocks,), (32 * L.MMA_WARPS,), smem,
                                (Wt, np.int64(es), np.int32(R), np.int32(n_in),
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *mxo, dig, sig, mxs,
-                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(max(1, per_warp - L.MMA_POOL)),
+                                o[0], o[1 % len(o)], np.int32(n_items), np.int32(share),
                                 o[2 % len(o)], np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit),
                                 cp.zeros(1, cp.uint64)), "pdl"))
             return

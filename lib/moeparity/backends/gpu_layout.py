@@ -36,10 +36,20 @@ MMA_MT = {2: 1, 4: 2, 8: 2}
 MMA_RING = {"Q4_K": 3, "Q6_K": 2}
 MMA_COPY = {"Q4_K": 16, "Q6_K": 2}      # bytes per unit of mma_tiles' copy (F::COPY)
 MMA_WARPS = 4
-# Items a warp leaves to the launch's pool out of its share (moe_mma.cuh: the warps that finish first
-# claim them; some SMs run a whole launch 5-10 % slower, session 7's trace, and a fixed share waits for
-# them). H100, same call, layer µs pool 0 → 1: Q4_K 8 tokens 155.6 → 153.6, Q6_K 1 token 186.6 → 184.4.
+# The pool (moe_mma.cuh): the items past the warps' equal fixed shares, claimed one at a time by the
+# warps that finish first (some SMs run a whole launch 5-10 % slower, session 7's trace, and a fixed
+# share waits for them). MMA_POOL = 1: a share is the whole items per resident warp and the remainder
+# is the pool; each unit more moves one item a warp from the shares to the pool; 0: no pool.
+# H100, same call, layer µs: Q4_K 8 tokens 155.6 (no pool) → 153.6 (session 7: the grid's fewest
+# blocks, shares one item short) → 150.5 (session 8: every resident warp, this rule).
 MMA_POOL = 1
+
+
+def mma_grid(n_items: int, resident_warps: int):
+    """(blocks, a warp's fixed share) of a tensor-core launch: as many warps as run at once (blocks of
+    MMA_WARPS; fewer where the items are fewer), each with the same share (at least one item)."""
+    share = max(1, n_items // resident_warps + 1 - MMA_POOL)
+    return min(resident_warps // MMA_WARPS, -(-n_items // (MMA_WARPS * share))), share
 
 
 def mma_kernel(qt, members: int, gu: bool) -> str:

@@ -4,6 +4,11 @@ before it reads that kernel's output. The tensor-core matvec uses it to issue it
 while x_fixed converts the activations: one token's x_fixed is a few µs of latency, ≈ 8 % of a
 tensor's time on an H100.
 
+What a kernel reads before its `griddepcontrol.wait` must be complete before the kernel it follows
+starts: the matvec's weight copies read mma_tiles' output that early, so x_fixed, which follows
+mma_tiles, is an ordinary launch (with PDL too it could start before mma_tiles' writes were visible:
+session 8, tests/test_gpu.py::test_first_call_of_a_fresh_launch_is_complete).
+
 CuPy has no launch-attribute API, so this calls the driver's cuLaunchKernelEx through ctypes.
 Where that is missing or refuses (older driver or GPU), `launch` falls back to an ordinary launch:
 the kernels' `griddepcontrol` instructions are then no-ops, and the results are the same.
