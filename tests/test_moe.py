@@ -188,3 +188,32 @@ def test_chained_propagates_own_outputs(tiny):
         want = inputs.rms_norm(h, inputs.norm_weight(m.layer(i)), m.hparams.rms_eps)
         assert np.allclose(x, want, rtol=1e-5, atol=1e-6)
         h = h + r.out
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gpt-oss"])
+def test_backends_with_moe_ffn_get_the_whole_expert_ffn(build, preset):
+    """moe._ffn hands a backend that has moe_ffn (the CUDA backend: the act stays on the device) the
+    gate, up and down in one call, except where the arch adds biases between them (gpt-oss), and
+    the layer's stages are those of the separate calls. A stand-in for the GPU: the emulated device
+    with a moe_ffn made of its own moe_gate_up and moe_matvec."""
+    from moeparity.backends.emulated import EmulatedCudaBackend
+
+    class Whole(EmulatedCudaBackend):
+        calls = 0
+
+        def moe_ffn(self, gate, up, down, ids, x, kind, hp, act="f32"):
+            Whole.calls += 1
+            g, u, a = self.moe_gate_up(gate, up, ids, x, kind, hp, act=act)
+            return g, u, a, self.moe_matvec(down, ids, a, act=act)
+
+    m = Model.open(build(preset))
+    plain, whole = backends.get("emulated-cuda"), Whole()
+    for i in range(m.hparams.n_layer):
+        if not m.layer(i).is_moe:
+            continue
+        x = inputs.synthetic(m, i, 3, seed=i)
+        a, b = ffn_forward(m.layer(i), x, plain), ffn_forward(m.layer(i), x, whole)
+        assert a.stages.keys() == b.stages.keys()
+        assert all(np.array_equal(a.stages[k], b.stages[k]) for k in a.stages)
+    biased = any(m.layer(i).get("gate_exps_bias") is not None for i in range(m.hparams.n_layer))
+    assert biased == (preset == "tiny-gpt-oss") and (Whole.calls == 0) == biased
