@@ -216,9 +216,8 @@ def test_pooled_items_equal_fixed_shares(gpu, qtype, monkeypatch):
                                           ("Q8_0", "Q4_K")])
 @pytest.mark.parametrize("routing", ["top2", "all"])
 def test_ffn_chain_equals_separate_calls(gpu, gu_q, down_q, routing, rng):
-    """moe_ffn (gate+up, then the down on the act left on the device, the two launches back to back
-    with the down's x_fixed allowed to start early) gives the bits of moe_gate_up then moe_matvec on
-    the returned act, called twice in a row (the launches' buffers and pools reused); a down on the
+    """moe_ffn (gate+up, then the down on the act left on the device, the two launches back to back)
+    gives the bits of moe_gate_up then moe_matvec on the returned act, called twice in a row (the launches' buffers and pools reused); a down on the
     float kernels (Q4_0) takes the host's act instead. 'all': every expert for 8 tokens, 8 members a
     group, launches large enough to leave items to the pool."""
     from types import SimpleNamespace

@@ -102,8 +102,8 @@ def _ffn(backend, gate_t, up_t, down_t, ids, x, hp, kind, dt, act, layer=None, b
     fused = getattr(backend, "moe_gate_up", None)
     whole = getattr(backend, "moe_ffn", None)
     if whole is not None and not bias and gate_t.type_id == up_t.type_id and dt == np.float32:
-        # the CUDA backend: the below (fused branch) with the act kept on the device (its dt is float32,
-        # so the act the down reads is the one returned)
+        # the CUDA backend: the fused branch below in one call, the act kept on the device (dt is
+        # float32, so the act the down reads is the act returned)
         return tuple(v.astype(dt) for v in whole(gate_t, up_t, down_t, ids, x, kind, hp, act=act))
     if fused is not None and not bias and gate_t.type_id == up_t.type_id:
         # device backends: gate and up off one read of x, activation fused (same math as below)
