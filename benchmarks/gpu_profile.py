@@ -1,8 +1,7 @@
 """One full-layer launch (128 experts, f32), for ncu. Env: TOKENS (1), QTYPE (Q4_K), ROLE (gate: 768 × 2048,
 the tokens' x; gate+up: gate and up in one launch, as the backend runs them; down: 2048 × 768, one x
-per (token, expert) as bench gpu feeds it), FLOAT=1 (the float
-kernels even where the tensor-core ones serve), DEFINES (extra -D flags, space separated, e.g.
-"MMA_MINB_1=3")."""
+per (token, expert) as bench gpu feeds it), FLOAT=1 (the float kernels even where the tensor-core
+ones serve), DEFINES (extra -D flags, space separated, e.g. "MMA_MINB_1=3")."""
 import os
 
 import numpy as np

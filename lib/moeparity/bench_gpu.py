@@ -201,9 +201,7 @@ class _Layer:
         gu.plan(ids, X)
         gu.ours()
         act = gu.launch.outs[2]
-        dn.plan(ids, act.get())                              # (the baseline's input, and the float kernels')
-        if intdot.serves(dn.qt.name, "f32"):
-            dn.launch = Launch(dn.be, dn.qt, dn.Ws, dn.R, dn.n_in, ids, act, in_place=True)
+        dn.plan(ids, act if intdot.serves(dn.qt.name, "f32") else act.get())
         self.bytes = gu.bytes + dn.bytes
 
     def ours(self):

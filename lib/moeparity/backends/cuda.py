@@ -161,7 +161,7 @@ class Launch:
     f32), x_fixed + moe_mma<n>_* (gate and up: moe_mma_gu<n>_*, which also writes act): `steps`, after
     `prep` (run here, once: mma_tiles copies the experts' weights into the tensor-core kernels' layout,
     as an upload would).
-    The benchmark times the calls (and prep on its own); the backend makes one per matvec.
+    The benchmark times the calls (and prep on its own); the backend makes one per call (moe_ffn: two).
     """
 
     def __init__(self, be, qt, Ws, R, n_in, ids, X, act="f32", kind="silu", alpha=0.0, limit=0.0, in_place=False):

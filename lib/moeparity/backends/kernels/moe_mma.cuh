@@ -601,8 +601,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 // moe_mma<n>_<Q>: one tensor, groups of up to n members (1, 2, 3 MMAs per weight group for n = 2, 4,
 // 8), MT tiles per item (gpu_layout.MMA_MT[n]), MINB blocks per SM the register budget is set for.
 // moe_mma_gu<n>_<Q>: gate, up and act(gate, up), items of 16 rows of both tensors. per_warp: a warp's
-// fixed share (cuda.py: gpu_layout.MMA_POOL fewer than the grid's warps need to cover every item; the
-// pool covers the rest); block 128, dynamic shared memory 4·NB·16·MT·NBYTES (gpu_layout.mma_smem);
+// fixed share (gpu_layout.mma_grid; the pool covers the items past the shares); block 128, dynamic shared memory 4·NB·16·MT·NBYTES (gpu_layout.mma_smem);
 // W in mma_tiles' layout (mma_tiles<tile>_<Q> or, gate+up, mma_tiles_gu_<Q>), es its expert stride.
 // Measured (H100, session 5): one or two members run best with more warps (MT 1, 4 blocks), eight
 // with the activation loads shared by two tiles (MT 2, 2 blocks); session 7: gate+up in one kernel
