@@ -67,3 +67,20 @@ def test_qtype_flags_match_the_kernels():
         assert (uses_min == "true") == (name in L.USES_MIN), name
         assert (min_q81 == "true") == (name in L.MIN_FORMATS), name
         assert ((float(k), float(bias)) if float(k) else None) == L.AFFINE.get(name), name
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed on this machine")
+def test_matvec_reads_x_fixed_output_with_coherent_loads(tmp_path):
+    """The tensor-core matvec reads x_fixed's output (digits, σ, Mx) after griddepcontrol.wait, but
+    ptxas moves non-coherent loads (ld.global.nc: __ldg, const __restrict__) above that wait, since
+    .nc data may not change while the kernel runs (session 9: the SASS had the B-fragment and σ loads
+    before ACQBULK; moe_ffn's first call then read a fresh buffer's garbage). So none of them is .nc."""
+    r = subprocess.run(["nvcc", "-arch=sm_90", *NVRTC_OPTIONS, f"-I{KERNEL_DIR}", "-DONLY", "-ptx",
+                        os.path.join(KERNEL_DIR, "moe_matvec.cu"), "-o", str(tmp_path / "k.ptx")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    bodies = re.findall(r"\.entry (moe_mma\w+)\((.*?)\n}", open(tmp_path / "k.ptx").read(), re.S)
+    assert len(bodies) == 12
+    for name, body in bodies:
+        assert "griddepcontrol.wait" in body, name
+        assert "ld.global.nc" not in body, name

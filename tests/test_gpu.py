@@ -244,7 +244,9 @@ def test_first_call_of_a_fresh_launch_is_complete(gpu, qtype):
     which starts only once the copy is complete and visible. (Session 8 launched x_fixed with PDL too:
     the first call of a 128-expert down then read a partly written copy, outputs up to inf, where
     later calls did not.) The first call gives the second's bits, the down's x on the device and
-    from the host; 128 experts, as the race needed a large copy to show."""
+    from the host; 128 experts, as the race needed a large copy to show. moe_ffn's chain, whose down
+    x_fixed is launched by PDL after gate+up (legal: the down was prepared before gate+up ran), gives
+    the same bits from its first call on."""
     from moeparity.backends.cuda import Launch
     from moeparity.bench_gpu import FF, HIDDEN, _Case
     qt, rng = QTYPES[qtype], np.random.default_rng(3)
@@ -252,8 +254,8 @@ def test_first_call_of_a_fresh_launch_is_complete(gpu, qtype):
     dn = _Case(gpu, qt, 128, HIDDEN, FF, seed=2)
     for ntok in (1, 8):
         ids = np.tile(np.arange(128), (ntok, 1))
-        g = Launch(gpu, qt, gu.Ws, FF, HIDDEN, ids, rng.standard_normal((ntok, HIDDEN)).astype(np.float32),
-                   in_place=True)
+        x = rng.standard_normal((ntok, HIDDEN)).astype(np.float32)
+        g = Launch(gpu, qt, gu.Ws, FF, HIDDEN, ids, x, in_place=True)
         g()
         for X in (g.outs[2], g.outs[2].get()):
             d = Launch(gpu, qt, dn.Ws, HIDDEN, FF, ids, X, in_place=True)
@@ -261,3 +263,13 @@ def test_first_call_of_a_fresh_launch_is_complete(gpu, qtype):
             first = d.outs[0].get()
             d()
             assert np.array_equal(first, d.outs[0].get(), equal_nan=True)
+        # moe_ffn's chain: both prepared, then gate+up and the down, its x_fixed by PDL (Launch.follow)
+        want = d.outs[0].get()
+        g2 = Launch(gpu, qt, gu.Ws, FF, HIDDEN, ids, x, in_place=True)
+        d2 = Launch(gpu, qt, dn.Ws, HIDDEN, FF, ids, g2.outs[2], in_place=True)
+        d2.follow(g2)
+        assert d2.steps[d2.xf][-1] == "pdl"
+        for _ in range(3):
+            g2()
+            d2()
+            assert np.array_equal(want, d2.outs[0].get(), equal_nan=True)

@@ -202,6 +202,7 @@ class _Layer:
         gu.ours()
         act = gu.launch.outs[2]
         dn.plan(ids, act if intdot.serves(dn.qt.name, "f32") else act.get())
+        dn.launch.follow(gu.launch)                  # (as moe_ffn: the down prepared before the calls)
         self.bytes = gu.bytes + dn.bytes
 
     def ours(self):

@@ -7,7 +7,10 @@ tensor's time on an H100.
 What a kernel reads before its `griddepcontrol.wait` must be complete before the kernel it follows
 starts: the matvec's weight copies read mma_tiles' output that early, so x_fixed, which follows
 mma_tiles, is an ordinary launch (with PDL too it could start before mma_tiles' writes were visible:
-session 8, tests/test_gpu.py::test_first_call_of_a_fresh_launch_is_complete).
+session 8, tests/test_gpu.py::test_first_call_of_a_fresh_launch_is_complete). The one exception,
+moe_ffn's down (cuda.Launch.follow): its x_fixed follows gate+up's matvec, not mma_tiles, and
+waits before it reads anything; the down's tiled copy was enqueued before gate+up's own x_fixed, an
+ordinary launch, so it is complete before the down's matvec can start.
 
 CuPy has no launch-attribute API, so this calls the driver's cuLaunchKernelEx through ctypes.
 Where that is missing or refuses (older driver or GPU), `launch` falls back to an ordinary launch:
@@ -51,6 +54,8 @@ def _c(a):
         return ctypes.c_float(a)
     if isinstance(a, np.int64):
         return ctypes.c_int64(int(a))
+    if isinstance(a, np.uint64):                      # (a null pointer)
+        return ctypes.c_uint64(int(a))
     if isinstance(a, np.int32):
         return ctypes.c_int32(int(a))
     raise TypeError(f"kernel argument of type {type(a).__name__}")

@@ -37,7 +37,8 @@ __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) 
 
 // Programmatic dependent launch (cuda.py launches moe_mma* so, backends/pdl.py): x_fixed lets the
 // matvec start at once, and the matvec waits for x_fixed's output only after its first weight
-// copies are in flight. Without such a launch both instructions are no-ops.
+// copies are in flight; gate+up lets moe_ffn's down x_fixed start, which waits for the act. Without
+// such a launch both instructions are no-ops.
 __device__ __forceinline__ void pdl_trigger() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -72,10 +73,14 @@ __device__ unsigned long long mma_trace[MMA_TRACE], xf_trace[MMA_TRACE];
 // (b, tq) = (lane/4, lane%4) converts elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of 32-block b: the
 // two 4-byte words of each digit L that its B-fragment slot holds, stored as one 8-byte write.
 // mins ≠ 0 (formats with a min term): also Mx, the block's sum of X times σ, per 32-block.
+// moe_ffn launches the down's x_fixed by PDL after gate+up (which triggers at its start), so that its
+// blocks are resident and the down's matvec can take each SM gate+up leaves: it waits here for the
+// act; an ordinary launch passes the wait at once.
 extern "C" __global__ void __launch_bounds__(256) x_fixed(const float* __restrict__ X, int n_in, int mins, int n_rows,
                                                           u8* __restrict__ dig, float* __restrict__ sig,
                                                           float* __restrict__ mxs) {
     pdl_trigger();
+    pdl_wait();
     const int S = n_in / 256, w = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32, b = lane / 4, tq = lane % 4;
     TRACE(xf_trace, w, 0);
     if (w >= n_rows * S) return;
@@ -291,7 +296,7 @@ template <int NK> struct Cols {
 };
 
 template <class F, int NK, int MT>
-__device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[NK][4], const float* __restrict__ mxs,
+__device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[NK][4], const float* mxs,
                                        const int* moff, const float* sg, float (*acc)[Cols<NK>::J][2], int tq) {
     constexpr int G = 256 / F::GS, J = Cols<NK>::J, NR = NK > 1 ? 2 : 1;        // NR: rows a lane finishes
     const bool odd = tq & 1;
@@ -305,7 +310,7 @@ __device__ __forceinline__ void finish(const typename F::Raw (*a)[2], int (*T)[N
         for (int v = 0; v < G / 4; v++) {
             float4 mx[J];
 #pragma unroll
-            for (int j = 0; j < J; j++) mx[j] = __ldg((const float4*)(mxs + moff[j]) + v);
+            for (int j = 0; j < J; j++) mx[j] = *((const float4*)(mxs + moff[j]) + v);
 #pragma unroll
             for (int e = 0; e < 4; e++)
 #pragma unroll
@@ -403,7 +408,7 @@ __device__ __forceinline__ void block32(const MQ6_K::Raw (*a)[2], int b, const u
 // B fragments of MMA k, 32-blocks 2bp (.x, .y) and 2bp+1 (.z, .w): xf[bp][k] for bp < XPF (loaded
 // ahead by the caller), else loaded here from xb + xo[k] + 8·bp.
 template <int NK, int MT, int XPF, class Raw>
-__device__ __forceinline__ void dots(const Raw (*a)[2], const uint4* __restrict__ xb, const int* xo,
+__device__ __forceinline__ void dots(const Raw (*a)[2], const uint4* xb, const int* xo,
                                      const uint4 (*xf)[NK], int (*T)[NK][4]) {
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -414,7 +419,7 @@ __device__ __forceinline__ void dots(const Raw (*a)[2], const uint4* __restrict_
         uint2 x[2][NK];
 #pragma unroll
         for (int k = 0; k < NK; k++) {
-            const uint4 v = bp < XPF ? xf[bp < XPF ? bp : 0][k] : __ldg(xb + xo[k] + 8 * bp);
+            const uint4 v = bp < XPF ? xf[bp < XPF ? bp : 0][k] : xb[xo[k] + 8 * bp];
             x[0][k] = make_uint2(v.x, v.y);
             x[1][k] = make_uint2(v.z, v.w);
         }
@@ -455,8 +460,8 @@ __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__
 template <class F, int NK, int MT, int XPF, bool GU>
 __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in,
                          const int* __restrict__ gexp, const int* __restrict__ gstart, const int* __restrict__ mx,
-                         const int* __restrict__ mo, const uint4* __restrict__ xb, const float* __restrict__ sig,
-                         const float* __restrict__ mxs, float* __restrict__ out, float* __restrict__ out2, int n_items,
+                         const int* __restrict__ mo, const uint4* xb, const float* sig,
+                         const float* mxs, float* __restrict__ out, float* __restrict__ out2, int n_items,
                          int per_warp, float* __restrict__ out3, int act, float alpha, float limit,
                          unsigned long long* __restrict__ pool) {
     static_assert(!GU || MT == 2, "a gate+up item is a gate tile and an up tile");
@@ -465,6 +470,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
     constexpr int RI = GU ? 16 : 16 * MT, SLOT = 16 * MT * F::NBYTES, NP = SLOT / 16, NC = (NP + 31) / 32;
     static_assert(SLOT % 16 == 0, "an item's superblock is whole 16-byte pieces");
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
+    pdl_trigger();                                       // (moe_ffn: the down's x_fixed may queue its blocks)
     // A warp's fixed share: items [i0, i1) below n_fixed; the rest (the pool) are claimed one at a
     // time by the warps that finish first (pool[0], 64-bit, never reset: a launch makes exactly
     // n_pool + its warps claims, one failing claim a warp, so claims are read modulo that).
@@ -515,9 +521,9 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 #pragma unroll
                 for (int bp = 0; bp < XPF; bp++)
 #pragma unroll
-                    for (int k = 0; k < NK; k++) xf[bp][k] = __ldg(xb + xoff(m.tb, s, k) + 8 * bp);
+                    for (int k = 0; k < NK; k++) xf[bp][k] = xb[xoff(m.tb, s, k) + 8 * bp];
 #pragma unroll
-                for (int j = 0; j < J; j++) sg[j] = __ldg(sig + m.td[j] * S + s);
+                for (int j = 0; j < J; j++) sg[j] = sig[m.td[j] * S + s];
             };
             pdl_wait();                                          // x_fixed's output is read from here on
             if (i0 == wg * per_warp) TRACE(mma_trace, wg, 1);
