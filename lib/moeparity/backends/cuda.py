@@ -176,7 +176,7 @@ class Launch:
         hexp = experts if in_place else np.arange(len(experts))      # which weight slab each group reads
         row_bytes = n_in // qt.block * qt.nbytes
         mxo = (cp.asarray(mx), cp.asarray(mo))
-        self.steps, self.prep = [], []
+        self.steps, self.prep, self.xf = [], [], None          # xf: x_fixed's step (tensor cores)
         if intdot.serves(qt.name, act):
             # tensor cores: weights into their tiled layout (once, like an upload; Q4_K copies 16-byte
             # units, so the slabs must be 16-byte aligned: the uploader's allocations are), then per call
@@ -233,7 +233,8 @@ class Launch:
         PDL, takes each SM that gate+up leaves (session 9, H100: 2–3 µs a layer at one token).
         Legal by pdl.py's rule only because this launch's tiled copy was enqueued before gu's first
         launch, an ordinary one: prepare this launch, then call gu, then this one."""
-        if getattr(self, "xf", None) is not None and len(self.steps[self.xf]) == 5:
+        if self.xf is not None and len(self.steps[self.xf]) == 5:
+            assert self.steps[self.xf][4][0] is gu.outs[2], "x_fixed must read gu's act"
             self.steps[self.xf] += ("pdl",)
 
     def __call__(self):

@@ -54,8 +54,6 @@ def _c(a):
         return ctypes.c_float(a)
     if isinstance(a, np.int64):
         return ctypes.c_int64(int(a))
-    if isinstance(a, np.uint64):                      # (a null pointer)
-        return ctypes.c_uint64(int(a))
     if isinstance(a, np.int32):
         return ctypes.c_int32(int(a))
     raise TypeError(f"kernel argument of type {type(a).__name__}")
