@@ -190,8 +190,9 @@ def test_gate_up_kernels_for_few_members(gpu, qtype, ids, rng):
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
 def test_pooled_items_equal_fixed_shares(gpu, qtype, monkeypatch):
     """Launches large enough that each warp leaves items to the pool (gpu_layout.MMA_POOL; claimed by
-    the warps that finish first) give the bits of fixed shares: an item's sums do not depend on the
-    warp that computes it. (Small launches, like the tests' above, have no pool.)"""
+    the warps that finish first) give the bits of fixed shares, and shares in strided order those of
+    consecutive items (gpu_layout.mma_strided): an item's sums do not depend on the warp that computes
+    it. (Small launches, like the tests' above, have no pool.)"""
     from moeparity.backends import gpu_layout as L
     from moeparity.bench_gpu import FF, HIDDEN, _Case
     rng = np.random.default_rng(7)
@@ -200,16 +201,18 @@ def test_pooled_items_equal_fixed_shares(gpu, qtype, monkeypatch):
     cases = [(_Case(gpu, QTYPES[qtype], E, FF, HIDDEN, seed=1, pair=True), rng.standard_normal((ntok, HIDDEN))),
              (_Case(gpu, QTYPES[qtype], E, HIDDEN, FF, seed=2), rng.standard_normal((ntok * E, FF)))]
     got = {}
-    for pool in (0, 1, 3):
+    for pool, strided in ((0, False), (1, False), (3, False), (0, True), (1, True)):
         monkeypatch.setattr(L, "MMA_POOL", pool)
-        got[pool] = []
+        monkeypatch.setattr(L, "mma_strided", lambda members, shared_x: strided)
+        got[pool, strided] = []
         for case, x in cases:
             case.plan(ids, x.astype(np.float32))
             case.ours()
-            got[pool] += [o.get() for o in case.launch.outs]
-    assert all(np.count_nonzero(np.nan_to_num(o)) > o.size // 2 for o in got[0])
-    for pool in (1, 3):
-        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got[0], got[pool]))
+            got[pool, strided] += [o.get() for o in case.launch.outs]
+    want = got.pop((0, False))
+    assert all(np.count_nonzero(np.nan_to_num(o)) > o.size // 2 for o in want)
+    for outs in got.values():
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(want, outs))
 
 
 @pytest.mark.parametrize("gu_q, down_q", [("Q4_K", "Q4_K"), ("Q6_K", "Q6_K"), ("Q4_K", "Q6_K"), ("Q6_K", "Q4_0"),

@@ -212,7 +212,7 @@ class Launch:
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *mxo, dig, sig, mxs,
                                 o[0], o[1 % len(o)], np.int32(n_items), np.int32(share),
                                 o[2 % len(o)], np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit),
-                                cp.zeros(1, cp.uint64)), "pdl"))
+                                cp.zeros(1, cp.uint64), np.int32(L.mma_strided(members, n == T))), "pdl"))
             return
         Xq, S, mode = L.activations(X, qt, act)
         tcap = L.tcap_of(start)

@@ -52,6 +52,15 @@ def mma_grid(n_items: int, resident_warps: int):
     return min(resident_warps // MMA_WARPS, -(-n_items // (MMA_WARPS * share))), share
 
 
+def mma_strided(members: int, shared_x: bool) -> bool:
+    """A warp's share in strided order (items w, w + warps, …: the GPU reads one window of the weights
+    at a time), except where groups of 8 members each read their own x row (the down at 8 tokens):
+    there a warp's consecutive items of one expert find its x in L1. H100, same process (session 10):
+    gate+up 8 tokens Q6_K 133.0 → 128.5 µs, Q4_K 94.7 → 94.3; one token, the layer, Q4_K 128.3 →
+    126.7, Q6_K 181.3 → 178.1; but the 8-token down Q4_K 55.9 → 63.6, Q6_K 74.6 → 77.1."""
+    return shared_x or members < 8
+
+
 def mma_kernel(qt, members: int, gu: bool) -> str:
     return f"moe_mma{'_gu' if gu else ''}{members}_{qt.name}"
 

@@ -463,7 +463,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                          const int* __restrict__ mo, const uint4* xb, const float* sig,
                          const float* mxs, float* __restrict__ out, float* __restrict__ out2, int n_items,
                          int per_warp, float* __restrict__ out3, int act, float alpha, float limit,
-                         unsigned long long* __restrict__ pool) {
+                         unsigned long long* __restrict__ pool, int strided) {
     static_assert(!GU || MT == 2, "a gate+up item is a gate tile and an up tile");
     extern __shared__ __align__(16) unsigned char ring[];
     // RI: rows per item (GU: of each tensor); SLOT: an item's superblock (mma_tiles' tile)
@@ -476,7 +476,11 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
     // n_pool + its warps claims, one failing claim a warp, so claims are read modulo that).
     const int nw = gridDim.x * (blockDim.x / 32), wg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int n_fixed = min(n_items, nw * per_warp), n_pool = n_items - n_fixed;
-    int i0 = wg * per_warp, i1 = min(n_fixed, i0 + per_warp);
+    // strided: the share is items wg, wg + nw, … (at any moment the warps read one window of W);
+    // else items [wg·per_warp, +per_warp) (a warp's consecutive items share their expert's x rows)
+    int step = strided ? nw : 1, i0 = strided ? wg : wg * per_warp;
+    int i1 = strided ? n_fixed : min(n_fixed, i0 + per_warp);
+    const int first = i0;
     TRACE(mma_trace, wg, 0);
     for (;;) {
         if (i0 < i1) {
@@ -495,7 +499,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 #pragma unroll
                     for (int c = 0; c < NC; c++)
                         if (32 * NC == NP || lane + 32 * c < NP) cp_async16(dst + 512 * c, src + 512 * c);
-                    if (++fs == S) { fs = 0; if (++fi < i1) fitem(fi); }
+                    if (++fs == S) { fs = 0; if ((fi += step) < i1) fitem(fi); }
                     if (++fslot == F::NB) fslot = 0;
                 }
                 cp_async_commit();                               // (an empty group keeps the wait count uniform)
@@ -505,7 +509,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
             for (int j = 0; j < F::NB - 1; j++) fetch();
             // the item and the next one (host arrays: ready before x_fixed is)
             Item<NK> it = item<NK, RI>(i0, tpg, gstart, mx, mo, g, tq), nx = it;
-            if (i0 + 1 < i1) nx = item<NK, RI>(i0 + 1, tpg, gstart, mx, mo, g, tq);
+            if (i0 + step < i1) nx = item<NK, RI>(i0 + step, tpg, gstart, mx, mo, g, tq);
             // MMA k's B fragments of member tb, superblock s (uint4s; + 8·bp for block pair bp)
             auto xoff = [&](int tb, int s, int k) {
                 const int L = Cols<NK>::bdigit(g, k);
@@ -526,7 +530,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                 for (int j = 0; j < J; j++) sg[j] = sig[m.td[j] * S + s];
             };
             pdl_wait();                                          // x_fixed's output is read from here on
-            if (i0 == wg * per_warp) TRACE(mma_trace, wg, 1);
+            if (i0 == first) TRACE(mma_trace, wg, 1);
             prefetch(it, 0);
             float acc[MT][J][2];
 #pragma unroll
@@ -538,6 +542,10 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                 cp_async_wait<F::NB - 1>();                      // this superblock has landed
                 __syncwarp();
                 const u8* sl = my + slot * SLOT;
+#ifdef MMA_NOCOMPUTE                                     // (tuning only: the ring's streaming ceiling, wrong sums)
+                acc[0][0][0] += sl[lane];
+                if (s + 1 < S) prefetch(it, s + 1);
+#else
                 typename F::Raw cur[MT][2];
 #pragma unroll
                 for (int v = 0; v < 2 * MT; v++)
@@ -553,11 +561,12 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 #pragma unroll
                 for (int j = 0; j < J; j++) sgc[j] = sg[j];
                 if (s + 1 < S) prefetch(it, s + 1);
-                else if (i + 1 < i1) prefetch(nx, 0);
+                else if (i + step < i1) prefetch(nx, 0);
                 finish<F, NK, MT>(cur, T, mxs, moff, sgc, acc, tq);
+#endif
                 __syncwarp();                                    // the slot is refilled next
                 if (++slot == F::NB) slot = 0;
-                if (i == i0 && s == 0 && i0 == wg * per_warp) TRACE(mma_trace, wg, 2);   // (the fixed share's)
+                if (i == i0 && s == 0 && i0 == first) TRACE(mma_trace, wg, 2);   // (the fixed share's)
                 if (++s == S) {                                  // item done: every lane holds its members' sums
 #pragma unroll
                     for (int j = 0; j < J; j++) {
@@ -589,7 +598,8 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                     }
                     s = 0;
                     it = nx;
-                    if (++i + 1 < i1) nx = item<NK, RI>(i + 1, tpg, gstart, mx, mo, g, tq);
+                    i += step;
+                    if (i + step < i1) nx = item<NK, RI>(i + step, tpg, gstart, mx, mo, g, tq);
                 }
             }
             cp_async_wait<0>();
@@ -600,6 +610,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
         if (v >= (unsigned long long)n_pool) break;
         i0 = n_fixed + (int)v;
         i1 = i0 + 1;
+        step = 1;
     }
     TRACE(mma_trace, wg, 3);
 }
@@ -626,9 +637,9 @@ extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                   
         const u8* W, long long es, int R, int n_in, const int* gexp, const int* gstart,                          \
         const int* mx, const int* mo, const uint4* xb, const float* sig, const float* mxs, float* out,           \
         float* out2, int n_items, int per_warp, float* out3, int act, float alpha, float limit,                   \
-        unsigned long long* pool) {                                                                              \
+        unsigned long long* pool, int strided) {                                                                 \
     mma_rows<F, NK, MT, MMA_XPF, GU>(W, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, \
-                                     per_warp, out3, act, alpha, limit, pool);                                   \
+                                     per_warp, out3, act, alpha, limit, pool, strided);                          \
 }
 #ifndef MMA_MT_2                   // tiles per item by members served (gpu_layout.MMA_MT; tuning builds override)
 #define MMA_MT_2 1
