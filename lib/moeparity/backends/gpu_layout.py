@@ -55,9 +55,9 @@ def mma_grid(n_items: int, resident_warps: int):
 def mma_strided(members: int, shared_x: bool) -> bool:
     """A warp's share in strided order (items w, w + warps, …: the GPU reads one window of the weights
     at a time), except where groups of 8 members each read their own x row (the down at 8 tokens):
-    there a warp's consecutive items of one expert find its x in L1. H100, same process (session 10):
-    gate+up 8 tokens Q6_K 133.0 → 128.5 µs, Q4_K 94.7 → 94.3; one token, the layer, Q4_K 128.3 →
-    126.7, Q6_K 181.3 → 178.1; but the 8-token down Q4_K 55.9 → 63.6, Q6_K 74.6 → 77.1."""
+    there a warp's consecutive items of one expert find its x in L1. H100, same process (session 10),
+    layer µs, consecutive → this rule: Q4_K 128.6 → 125.9 / 148.8 → 148.0, Q6_K 181.6 → 178.9 /
+    203.6 → 202.2 at 1 / 8 tokens; the 8-token down strided too: Q4_K 55.9 → 63.1, Q6_K 74.2 → 75.2."""
     return shared_x or members < 8
 
 
