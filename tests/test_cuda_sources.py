@@ -84,3 +84,56 @@ def test_matvec_reads_x_fixed_output_with_coherent_loads(tmp_path):
     for name, body in bodies:
         assert "griddepcontrol.wait" in body, name
         assert "ld.global.nc" not in body, name
+
+
+class _Fn:
+    """A stand-in kernel handle (Launch runs its one-time prep at construction)."""
+
+    def __init__(self, name):
+        self.name, self.max_dynamic_shared_size_bytes = name, 0
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        pass
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed on this machine")
+def test_launch_args_match_the_kernel_signatures(tmp_path):
+    """Every launch Launch prepares passes as many arguments as its kernel declares (from nvcc's PTX):
+    CuPy packs the arguments it is given, so a kernel whose signature grew (session 10: `strided`)
+    would read garbage for the missing ones on a GPU, which CI (no GPU) could not otherwise see.
+    Launch runs here on a stand-in device (numpy arrays, recording kernel handles)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from moeparity.backends.cuda import Launch
+    from moeparity.qtypes import QTYPES
+    r = subprocess.run(["nvcc", "-arch=sm_90", *NVRTC_OPTIONS, f"-I{KERNEL_DIR}", "-DONLY", "-ptx",
+                        os.path.join(KERNEL_DIR, "moe_matvec.cu"), "-o", str(tmp_path / "k.ptx")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    params = {name: len(re.findall(r"\.param ", plist)) for name, plist in
+              re.findall(r"\.entry (\w+)\((.*?)\)", open(tmp_path / "k.ptx").read(), re.S)}
+    fns = {}
+    cp = SimpleNamespace(empty=np.empty, zeros=np.zeros, asarray=np.asarray, float32=np.float32,
+                         uint8=np.uint8, int32=np.int32, uint64=np.uint64)
+    be = SimpleNamespace(cp=cp, sm_count=132, occupancy=lambda fn, block, smem: 2,
+                         module=SimpleNamespace(get_function=lambda n: fns.setdefault(n, _Fn(n))))
+    rng = np.random.default_rng(0)
+    checked = set()
+    for q in ("Q4_K", "Q6_K"):
+        qt = QTYPES[q]
+        for act in ("f32", "q8_1"):
+            for ntok, k in ((1, 1), (8, 4), (3, 2)):
+                for nw in (1, 2):
+                    E, R, n_in = 4, 40, 512
+                    Ws = [np.zeros((E, R, n_in // qt.block * qt.nbytes), np.uint8) for _ in range(nw)]
+                    ids = np.stack([rng.choice(E, k, replace=False) for _ in range(ntok)])
+                    x = rng.standard_normal((ntok, n_in)).astype(np.float32)
+                    launch = Launch(be, qt, Ws, R, n_in, ids, x, act)
+                    for fn, grid, block, smem, args, *how in launch.prep + launch.steps:
+                        assert fn.name in params, fn.name
+                        assert len(args) == params[fn.name], (fn.name, len(args), params[fn.name])
+                        checked.add(fn.name)
+    assert {"x_fixed", "moe_mma2_Q4_K", "moe_mma4_Q6_K", "moe_mma_gu8_Q4_K", "mma_tiles_gu_Q6_K",
+            "moe_gate_up_Q6_K", "moe_matvec_Q4_K"} <= checked, checked
