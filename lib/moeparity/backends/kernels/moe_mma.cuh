@@ -19,7 +19,7 @@
 // which the H100 served 10–20 % slower (session 5).
 //
 // moe_mma<n>: work items are MT 16-row tiles (the MMA's M) of one group (an expert and ≤ n members);
-// each warp streams a run of items superblock by superblock through its own cp.async ring in
+// each warp streams its share of items superblock by superblock through its own cp.async ring in
 // shared memory. Lane (g, tq) = (lane/4, lane%4) reads its A fragment of rows g and g+8 from the
 // ring: elements 4tq..4tq+3 and 16+4tq..16+4tq+3 of each 32 weights. Per weight group NK MMAs
 // (1, 2 or 3) cover 2, 4 or 8 members' digits (see Cols); the digit dots are scaled by the
@@ -450,7 +450,8 @@ __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__
     return it;
 }
 
-// Warp wg streams items [wg·per_warp, …) superblock by superblock through an NB-deep ring of
+// Warp wg streams its share (strided: items wg, wg + warps, …; else [wg·per_warp, …)), then pool
+// items, superblock by superblock through an NB-deep ring of
 // shared buffers (an item's superblock each: 16·MT·NBYTES bytes of mma_tiles' layout, copied by
 // cp.async in 16-byte pieces), so NB-1 superblocks are in flight while one is computed. Warps share
 // nothing. GU (gate+up): an item is 16 rows of both tensors, tile 0 the gate's and tile 1 the up's,
