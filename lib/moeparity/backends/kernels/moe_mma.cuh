@@ -450,10 +450,9 @@ __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__
     return it;
 }
 
-// Warp wg streams its share (strided: items wg, wg + warps, …; else [wg·per_warp, …)), then pool
-// items, superblock by superblock through an NB-deep ring of
-// shared buffers (an item's superblock each: 16·MT·NBYTES bytes of mma_tiles' layout, copied by
-// cp.async in 16-byte pieces), so NB-1 superblocks are in flight while one is computed. Warps share
+// Warp wg streams its share of items, then pool items, superblock by superblock through an NB-deep
+// ring of shared buffers (an item's superblock each: 16·MT·NBYTES bytes of mma_tiles' layout, copied
+// by cp.async in 16-byte pieces), so NB-1 superblocks are in flight while one is computed. Warps share
 // nothing. GU (gate+up): an item is 16 rows of both tensors, tile 0 the gate's and tile 1 the up's,
 // so a lane ends an item holding both sums of its (row, member) pairs and writes gate, up and
 // act(gate, up) into out, out2, out3 (W: mma_tiles_gu's layout); otherwise an item is MT 16-row
@@ -472,13 +471,14 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
     static_assert(SLOT % 16 == 0, "an item's superblock is whole 16-byte pieces");
     const int lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
     pdl_trigger();                                       // (moe_ffn: the down's x_fixed may queue its blocks)
-    // A warp's fixed share: items [i0, i1) below n_fixed; the rest (the pool) are claimed one at a
+    // A warp's fixed share: per_warp items below n_fixed; the rest (the pool) are claimed one at a
     // time by the warps that finish first (pool[0], 64-bit, never reset: a launch makes exactly
     // n_pool + its warps claims, one failing claim a warp, so claims are read modulo that).
     const int nw = gridDim.x * (blockDim.x / 32), wg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int n_fixed = min(n_items, nw * per_warp), n_pool = n_items - n_fixed;
-    // strided: the share is items wg, wg + nw, … (at any moment the warps read one window of W);
-    // else items [wg·per_warp, +per_warp) (a warp's consecutive items share their expert's x rows)
+    // strided: the share is items wg, wg + nw, … below n_fixed (at any moment the warps read one
+    // window of W); else items [wg·per_warp, +per_warp) (consecutive items share their expert's x rows).
+    // A share or a pool item is walked from i0 by step while below i1.
     int step = strided ? nw : 1, i0 = strided ? wg : wg * per_warp;
     int i1 = strided ? n_fixed : min(n_fixed, i0 + per_warp);
     const int first = i0;
