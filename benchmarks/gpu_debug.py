@@ -7,8 +7,8 @@ and the float64 oracle:
 - q8_1 mode (float weights keep f32 activations, as in llama.cpp): bit-equal to the emulation, the error relative to the oracle
   (the size llama.cpp's MMVQ shows), and the largest error as a fraction of the bound that quantising
   the activations allows (Σ|w|·0.6·amax/127 per 32-block, as tests/test_gpu.py states it).
-Rows: a few experts, 4 tokens × 2 slots (groups of ≤ 4 members), and for Q4_K/Q6_K also 8 tokens
-through all of 8 experts (the 8-member tensor-core kernels). `--write FILE`: the table as Markdown.
+Rows: 4 tokens × 2 slots drawn from 3 experts, and for Q4_K/Q6_K also 8 tokens through all of 8
+experts (in f32 mode, the 8-member tensor-core kernels). `--write FILE`: the table as Markdown.
 """
 import sys
 
