@@ -168,7 +168,8 @@ class Launch:
     def __init__(self, be, qt, Ws, R, n_in, ids, X, act="f32", kind="silu", alpha=0.0, limit=0.0, in_place=False):
         cp = self.cp = be.cp
         T, k = ids.shape
-        experts, start, mx, mo = L.layout(ids, X.shape[0] == T)
+        shared = X.shape[0] == T                               # one x row per token, not per slot
+        experts, start, mx, mo = L.layout(ids, shared)
         self.n_experts = len(experts)
         nw = len(Ws)
         self.outs = [cp.empty((T * k, R), cp.float32) for _ in range(1 if nw == 1 else 3)]
@@ -212,7 +213,7 @@ class Launch:
                                 cp.asarray(gx, dtype=cp.int32), cp.asarray(gs0, dtype=cp.int32), *mxo, dig, sig, mxs,
                                 o[0], o[1 % len(o)], np.int32(n_items), np.int32(share),
                                 o[2 % len(o)], np.int32(L.ACT_ID[kind]), np.float32(alpha), np.float32(limit),
-                                cp.zeros(1, cp.uint64), np.int32(L.mma_strided(members, n == T))), "pdl"))
+                                cp.zeros(1, cp.uint64), np.int32(L.mma_strided(members, shared))), "pdl"))
             return
         Xq, S, mode = L.activations(X, qt, act)
         tcap = L.tcap_of(start)
