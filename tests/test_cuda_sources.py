@@ -69,17 +69,25 @@ def test_qtype_flags_match_the_kernels():
         assert ((float(k), float(bias)) if float(k) else None) == L.AFFINE.get(name), name
 
 
+@pytest.fixture(scope="module")
+def only_ptx(tmp_path_factory):
+    """The PTX of the `-DONLY` build (the tensor-core kernels, x_fixed and what Launch launches), compiled
+    once for the tests that read it."""
+    out = tmp_path_factory.mktemp("ptx") / "k.ptx"
+    r = subprocess.run(["nvcc", "-arch=sm_90", *NVRTC_OPTIONS, f"-I{KERNEL_DIR}", "-DONLY", "-ptx",
+                        os.path.join(KERNEL_DIR, "moe_matvec.cu"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out.read_text()
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed on this machine")
-def test_matvec_reads_x_fixed_output_with_coherent_loads(tmp_path):
+def test_matvec_reads_x_fixed_output_with_coherent_loads(only_ptx):
     """The tensor-core matvec reads x_fixed's output (digits, σ, Mx) after griddepcontrol.wait, but
     ptxas moves non-coherent loads (ld.global.nc: __ldg, const __restrict__) above that wait, since
     .nc data may not change while the kernel runs (session 9: the SASS had the B-fragment and σ loads
     before ACQBULK; moe_ffn's first call then read a fresh buffer's garbage). So none of them is .nc."""
-    r = subprocess.run(["nvcc", "-arch=sm_90", *NVRTC_OPTIONS, f"-I{KERNEL_DIR}", "-DONLY", "-ptx",
-                        os.path.join(KERNEL_DIR, "moe_matvec.cu"), "-o", str(tmp_path / "k.ptx")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    bodies = re.findall(r"\.entry (moe_mma\w+)\((.*?)\n}", open(tmp_path / "k.ptx").read(), re.S)
+    bodies = re.findall(r"\.entry (moe_mma\w+)\((.*?)\n}", only_ptx, re.S)
     assert len(bodies) == 12
     for name, body in bodies:
         assert "griddepcontrol.wait" in body, name
@@ -97,7 +105,7 @@ class _Fn:
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed on this machine")
-def test_launch_args_match_the_kernel_signatures(tmp_path):
+def test_launch_args_match_the_kernel_signatures(only_ptx):
     """Every launch Launch prepares passes as many arguments as its kernel declares (from nvcc's PTX):
     CuPy packs the arguments it is given, so a kernel whose signature grew (session 10: `strided`)
     would read garbage for the missing ones on a GPU, which CI (no GPU) could not otherwise see.
@@ -108,12 +116,8 @@ def test_launch_args_match_the_kernel_signatures(tmp_path):
 
     from moeparity.backends.cuda import Launch
     from moeparity.qtypes import QTYPES
-    r = subprocess.run(["nvcc", "-arch=sm_90", *NVRTC_OPTIONS, f"-I{KERNEL_DIR}", "-DONLY", "-ptx",
-                        os.path.join(KERNEL_DIR, "moe_matvec.cu"), "-o", str(tmp_path / "k.ptx")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
     params = {name: len(re.findall(r"\.param ", plist)) for name, plist in
-              re.findall(r"\.entry (\w+)\((.*?)\)", open(tmp_path / "k.ptx").read(), re.S)}
+              re.findall(r"\.entry (\w+)\((.*?)\)", only_ptx, re.S)}
     fns = {}
     cp = SimpleNamespace(empty=np.empty, zeros=np.zeros, asarray=np.asarray, float32=np.float32,
                          uint8=np.uint8, int32=np.int32, uint64=np.uint64)
