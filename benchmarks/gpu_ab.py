@@ -7,7 +7,9 @@ layer, gate+up alone, down alone, as median [min-max] µs.
 Before editing a kernel: `cp -r lib/moeparity/backends/kernels benchmarks/_old/` (git-ignored; carry it
 to the device machine), then
   python benchmarks/gpu_ab.py - 'MMA_XPF=3' 'FOO BAR=2'
-Each argument is one build: space-separated NAME or NAME=VALUE defines, '-' for none. Env: OLD (the
+Each argument is one build: space-separated NAME or NAME=VALUE defines, '-' for none; PIN (not a
+define): each kernel at the baseline kernel's blocks per SM. REF: the build the others are bit-compared
+with (default baseline). Env: OLD (the
 baseline folder, default benchmarks/_old/kernels), FMTS (default Q4_K), TOKS (default "8 1")."""
 import os
 import sys
@@ -27,13 +29,37 @@ def build(kernel_dir, defines):
         cuda.KERNEL_DIR = saved
 
 
+def pin(be, base):
+    """Each kernel of `be` at the blocks per SM its namesake in `base` gets (the grid and the L1 left
+    over follow the register count, which a kernel change may move across a threshold)."""
+    names, module, occ = {}, be.module, be.occupancy
+
+    class Named:                                         # (RawModule's attributes are read-only)
+        def __getattr__(self, a):
+            return getattr(module, a)
+
+        def get_function(self, name):
+            f = module.get_function(name)
+            names[id(f)] = name
+            return f
+
+    def occupancy(fn, block, smem):
+        name = names.get(id(fn))
+        mine = occ(fn, block, smem)
+        return min(mine, base.occupancy(base.module.get_function(name), block, smem)) if name else mine
+
+    be.module, be.occupancy = Named(), occupancy
+
+
 def main(specs):
     old = os.environ.get("OLD", os.path.join(os.path.dirname(__file__), "_old", "kernels"))
     if not os.path.isdir(old):
         sys.exit(f"no baseline kernel folder at {old} (see this script's docstring)")
     bes = {"baseline": build(old, ())}
     for spec in specs:
-        bes[spec] = build(cuda.KERNEL_DIR, [d for d in spec.split() if d != "-"])
+        bes[spec] = build(cuda.KERNEL_DIR, [d for d in spec.split() if d not in ("-", "PIN")])
+        if "PIN" in spec.split():
+            pin(bes[spec], bes["baseline"])
     cp = bes["baseline"].cp
     print(f"copy {copy_bandwidth(cp):.0f} GB/s", flush=True)
     rng = np.random.default_rng(7)
@@ -55,7 +81,7 @@ def main(specs):
             def bits(lay):
                 return [cp.asnumpy(o).view(np.uint32) for o in list(lay.gu.launch.outs) + list(lay.dn.launch.outs)]
 
-            ref = bits(layers["baseline"])
+            ref = bits(layers[os.environ.get("REF", "baseline")])
             res = {name: {"layer": [], "gate+up": [], "down": []} for name in layers}
             for _ in range(3):
                 for name, lay in layers.items():

@@ -215,6 +215,26 @@ def test_pooled_items_equal_fixed_shares(gpu, qtype, monkeypatch):
         assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(want, outs))
 
 
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("R", [32, 64, 520])
+def test_staged_x_equals_global_x(gpu, qtype, R, monkeypatch):
+    """The 8-member down stages the x rows of its blocks' groups in shared memory (gpu_layout.mma_xs_bytes):
+    the bits are those of the same launch reading x from global memory, and the emulation's, where a
+    block's items span one or two groups or more than it stages (R = 520, 64, 32 rows of 128 experts)
+    and where the pool hands a warp an item of another group."""
+    from moeparity.backends import gpu_layout as L
+    rng = np.random.default_rng(R)
+    E, n_in, ntok = 128, 768, 8
+    T = QTensor.from_weights("down", (rng.standard_normal((E, R, n_in)) * 0.05).astype(np.float32), qtype)
+    ids = np.tile(np.arange(E), (ntok, 1))
+    x = rng.standard_normal((ntok, E, n_in)).astype(np.float32)
+    y = gpu.moe_matvec(T, ids, x)
+    assert np.count_nonzero(y) > y.size // 2
+    assert np.array_equal(y, backends.get("emulated-cuda").moe_matvec(T, ids, x))
+    monkeypatch.setattr(L, "mma_xs_bytes", lambda *a: 0)
+    assert np.array_equal(y, gpu.moe_matvec(T, ids, x))
+
+
 @pytest.mark.parametrize("gu_q, down_q", [("Q4_K", "Q4_K"), ("Q6_K", "Q6_K"), ("Q4_K", "Q6_K"), ("Q6_K", "Q4_0"),
                                           ("Q8_0", "Q4_K")])
 @pytest.mark.parametrize("routing", ["top2", "all"])

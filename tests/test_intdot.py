@@ -159,7 +159,7 @@ def test_tensor_core_entry_points_exist():
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
     for q in intdot.GROUP:
         for n, nk in zip(L.MMA_MEMBERS, (1, 2, 3)):                # MMAs per weight group (see Cols)
-            assert f"MMA_ENTRY_({L.mma_kernel(QTYPES[q], n, False)}, M{q}, {nk}, MMA_MT_{n})" in src
+            assert f"MMA_ENTRY_({L.mma_kernel(QTYPES[q], n, False)}, M{q}, {nk}, MMA_MT_{n}, {str(n == 8).lower()})" in src
             assert f"MMA_ENTRY({L.mma_kernel(QTYPES[q], n, True)}, M{q}, {nk}, 2, true, " in src   # two tiles
             assert re.search(rf"#define MMA_MT_{n} {L.MMA_MT[n]}\n", src)      # tiles per item, as cuda.py counts them
         for n in L.MMA_MEMBERS:                                    # mma_tiles<tile>_<Q>: the weights' tiled copy
@@ -167,4 +167,19 @@ def test_tensor_core_entry_points_exist():
         assert f"MMA_TILES_GU({q})" in src                         # gate+up: both tensors' 16-row tiles
     assert 'void __launch_bounds__(256) x_fixed(' in src
     assert L.MMA_MEMBERS == (2, 4, 8)
+
+
+def test_staged_x_layout_matches_the_kernel():
+    """gpu_layout.mma_xs_bytes sizes what moe_mma.cuh's XStage stages: at most two groups of 8 member
+    slots of S x_fixed records (1 KB) and 64 bytes; only the 8-member down (its own x a group, its
+    shares consecutive) asks for any, and for Qwen3-30B-A3B's down (n_in 768) two blocks of it and
+    their rings still fit an H100's 228 KB an SM."""
+    src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
+    assert "xs.ms = n_in / 256 * 64 + 4;" in src and "const int cap = min(2, (int)((dsz - nwb * F::NB * SLOT) / (8 * 16 * xs.ms)));" in src
+    for n_in in (256, 768, 2048):
+        assert L.mma_xs_bytes(8, False, False, n_in) == 2 * 8 * 16 * (n_in // 256 * 64 + 4)
+    assert L.mma_xs_bytes(8, True, False, 768) == L.mma_xs_bytes(4, False, False, 768) == 0
+    assert L.mma_xs_bytes(8, False, True, 768) == 0                 # shared x: strided shares, nothing staged
+    for q in intdot.GROUP:
+        assert 2 * (L.mma_smem(QTYPES[q], 8) + L.mma_xs_bytes(8, False, False, 768) + 1024) <= 228 * 1024
     assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()

@@ -198,8 +198,11 @@ class Launch:
             mxs = cp.empty(n * S * 256 // intdot.GROUP[qt.name] if mins else 1, cp.float32)   # (the min's Mx)
             fn = be.module.get_function(L.mma_kernel(qt, members, gu))
             smem = L.mma_smem(qt, members, gu)
-            fn.max_dynamic_shared_size_bytes = smem
             occ = be.occupancy(fn, 32 * L.MMA_WARPS, smem)
+            xs = L.mma_xs_bytes(members, gu, shared, n_in)          # (the 8-member down's staged x)
+            if xs and be.occupancy(fn, 32 * L.MMA_WARPS, smem + xs) == occ:    # (never at the cost of a block)
+                smem += xs
+            fn.max_dynamic_shared_size_bytes = smem
             # x_fixed: an ordinary launch, so it starts once everything before it is complete and
             # visible, the weights' tiled copy included, which the matvec reads before its wait
             # (except after moe_ffn's gate+up: follow)

@@ -70,6 +70,18 @@ def mma_smem(qt, members: int, gu: bool = False) -> int:
     return MMA_WARPS * MMA_RING[qt.name] * 16 * (2 if gu else MMA_MT[members]) * qt.nbytes
 
 
+def mma_xs_bytes(members: int, gu: bool, shared_x: bool, n_in: int) -> int:
+    """Shared memory past the rings for the x rows of a block's groups (moe_mma.cuh's XStage: two groups
+    of 8 member slots, a slot an x_fixed record a superblock and 64 bytes): the 8-member down only,
+    whose groups each read their own x and whose warps' consecutive shares keep a block on one or two
+    groups. The kernel stages what this holds (so cuda.py may give less: where it would cost a block
+    per SM, none). H100, same process (session 14), 8 tokens, layer µs, global x → staged: Q4_K 147.5
+    → 147.3 (the down 55.9 → 54.7), Q6_K 201.9 → 199.4 (74.8 → 72.2); one group: slower than none."""
+    if gu or members < 8 or mma_strided(members, shared_x):
+        return 0
+    return 2 * 8 * (n_in // 256 * 1024 + 64)
+
+
 def mma_tile(members: int, gu: bool = False) -> int:
     """Rows per tile of mma_tiles' layout for the kernel serving `members`: one work item's rows."""
     return 16 if gu else 16 * MMA_MT[members]

@@ -428,19 +428,40 @@ __device__ __forceinline__ void dots(const Raw (*a)[2], const uint4* xb, const i
     }
 }
 
-// One work item: RI rows of one group (≤ 2, 4, 8 members for NK 1, 2, 3), as lane (g, tq) sees it.
-template <int NK>
-struct Item {
+// The x rows a block's groups read, staged in shared memory after the rings (XS: the 8-member down,
+// whose groups each read their own x): groups [glo, glo + n), member slot m of group glo + j at
+// sm + (8j + m)·ms uint4 (ms = S·64 + 4: one x_fixed record a superblock, digits 0-2 copied, and 64 B
+// more, so that the two slots a phase of a warp's LDS.128 reads start in distinct banks).
+struct XStage {
+    const uint4* sm;
+    int glo, n, ms;
+};
+// One work item: RI rows of one group (≤ 2, 4, 8 members for NK 1, 2, 3), as lane (g, tq) sees it;
+// XS: xr, the B column member's x row (superblock 0), in shared memory where its group is staged.
+template <bool XS> struct XRow { const uint4* xr; };
+template <> struct XRow<false> {};
+template <int NK, bool XS>
+struct Item : XRow<XS> {
     int r0, nt, tb, td[Cols<NK>::J], od[Cols<NK>::J];
 };
-template <int NK, int RI>
-__device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
-                                         const int* __restrict__ mo, int g, int tq) {
-    Item<NK> it;
+template <bool XS, class It>
+__device__ __forceinline__ const uint4* xrow(const It& m, const uint4* xb) {
+    if constexpr (XS) return m.xr;
+    else return xb;
+}
+template <int NK, int RI, bool XS>
+__device__ __forceinline__ Item<NK, XS> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
+                                         const int* __restrict__ mo, int g, int tq, const uint4* xb = nullptr,
+                                         int S = 0, const XStage& xs = XStage{}) {
+    Item<NK, XS> it;
     const int grp = i / tpg, m0 = gstart[grp];
     it.r0 = (i % tpg) * RI + g;
     it.nt = gstart[grp + 1] - m0;
     it.tb = mx[m0 + min(Cols<NK>::bmember(g), it.nt - 1)];      // B column's member, D's (clamped)
+    if constexpr (XS) {
+        const unsigned j = grp - xs.glo;
+        it.xr = j < (unsigned)xs.n ? xs.sm + (8 * j + Cols<NK>::bmember(g)) * xs.ms : xb + (long long)it.tb * S * 64;
+    }
 #pragma unroll
     for (int j = 0; j < Cols<NK>::J; j++) {
         const int k = m0 + min(Cols<NK>::dmember(tq, j), it.nt - 1);
@@ -457,7 +478,7 @@ __device__ __forceinline__ Item<NK> item(int i, int tpg, const int* __restrict__
 // so a lane ends an item holding both sums of its (row, member) pairs and writes gate, up and
 // act(gate, up) into out, out2, out3 (W: mma_tiles_gu's layout); otherwise an item is MT 16-row
 // tiles of one tensor, written to out.
-template <class F, int NK, int MT, int XPF, bool GU>
+template <class F, int NK, int MT, int XPF, bool GU, bool XS>
 __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in,
                          const int* __restrict__ gexp, const int* __restrict__ gstart, const int* __restrict__ mx,
                          const int* __restrict__ mo, const uint4* xb, const float* sig,
@@ -483,6 +504,22 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
     int i1 = strided ? n_fixed : min(n_fixed, i0 + per_warp);
     const int first = i0;
     TRACE(mma_trace, wg, 0);
+    // XS: the groups of the block's fixed shares (at most two; none unless every warp of the block has a
+    // share, so that all its warps meet the staging's barrier), as far as the dynamic shared memory
+    // past the rings holds them (the host sizes it: gpu_layout.mma_xs_bytes)
+    XStage xs{};
+    if constexpr (XS) {
+        xs.sm = (const uint4*)(ring + (blockDim.x / 32) * F::NB * SLOT);
+        xs.ms = n_in / 256 * 64 + 4;
+        const int nwb = blockDim.x / 32, tpg = (R + RI - 1) / RI, lo = blockIdx.x * nwb * per_warp;
+        unsigned dsz;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dsz));
+        const int cap = min(2, (int)((dsz - nwb * F::NB * SLOT) / (8 * 16 * xs.ms)));
+        if (!strided && cap > 0 && (blockIdx.x * nwb + nwb - 1) * per_warp < n_fixed) {
+            xs.glo = lo / tpg;
+            xs.n = min(cap, (min(n_fixed, lo + nwb * per_warp) - 1) / tpg - xs.glo + 1);
+        }
+    }
     for (;;) {
         if (i0 < i1) {
             const int S = n_in / 256, tpg = (R + RI - 1) / RI, G = 256 / F::GS;
@@ -509,8 +546,8 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 #pragma unroll
             for (int j = 0; j < F::NB - 1; j++) fetch();
             // the item and the next one (host arrays: ready before x_fixed is)
-            Item<NK> it = item<NK, RI>(i0, tpg, gstart, mx, mo, g, tq), nx = it;
-            if (i0 + step < i1) nx = item<NK, RI>(i0 + step, tpg, gstart, mx, mo, g, tq);
+            Item<NK, XS> it = item<NK, RI, XS>(i0, tpg, gstart, mx, mo, g, tq, xb, S, xs), nx = it;
+            if (i0 + step < i1) nx = item<NK, RI, XS>(i0 + step, tpg, gstart, mx, mo, g, tq, xb, S, xs);
             // MMA k's B fragments of member tb, superblock s (uint4s; + 8·bp for block pair bp)
             auto xoff = [&](int tb, int s, int k) {
                 const int L = Cols<NK>::bdigit(g, k);
@@ -522,16 +559,39 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
             constexpr int J = Cols<NK>::J;
             uint4 xf[XPF > 0 ? XPF : 1][NK];
             float sg[J];
-            auto prefetch = [&](const Item<NK>& m, int s) {
+            auto prefetch = [&](const Item<NK, XS>& m, int s) {
 #pragma unroll
                 for (int bp = 0; bp < XPF; bp++)
 #pragma unroll
-                    for (int k = 0; k < NK; k++) xf[bp][k] = xb[xoff(m.tb, s, k) + 8 * bp];
+                    for (int k = 0; k < NK; k++) xf[bp][k] = xrow<XS>(m, xb)[xoff(XS ? 0 : m.tb, s, k) + 8 * bp];
 #pragma unroll
                 for (int j = 0; j < J; j++) sg[j] = sig[m.td[j] * S + s];
             };
             pdl_wait();                                          // x_fixed's output is read from here on
             if (i0 == first) TRACE(mma_trace, wg, 1);
+            if (XS && xs.n && i0 == first) {                     // every warp of a staging block is here once
+                const int nwb = blockDim.x / 32, wl = threadIdx.x / 32;
+                for (int p0 = wl; p0 < 8 * xs.n; p0 += 4 * nwb) {
+                    const uint4* src[4];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {                // (the rows' ids first: one round of latency)
+                        const int p = min(p0 + nwb * j, 8 * xs.n - 1), m0 = gstart[xs.glo + p / 8];
+                        src[j] = xb + (long long)mx[m0 + min(p % 8, gstart[xs.glo + p / 8 + 1] - m0 - 1)] * S * 64;
+                    }
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const int p = p0 + nwb * j;
+                        if (p < 8 * xs.n)
+                            for (int q = lane; q < S * 48; q += 32) {   // a record's digits 0-2: 48 of its 64 uint4
+                                const int v = q % 48, u = q / 48 * 64 + (v < 32 ? v : 32 + (v - 32) / 4 * 8 + v % 4);
+                                cp_async16((void*)(xs.sm + p * xs.ms + u), src[j] + u);
+                            }
+                    }
+                }
+                cp_async_commit();
+                cp_async_wait<0>();
+                __syncthreads();
+            }
             prefetch(it, 0);
             float acc[MT][J][2];
 #pragma unroll
@@ -553,11 +613,11 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                     F::load(sl + (v >> 1) * 16 * F::NBYTES, g + 8 * (v & 1), tq, cur[v >> 1][v & 1]);
                 int xo[NK], moff[J];
 #pragma unroll
-                for (int k = 0; k < NK; k++) xo[k] = xoff(it.tb, s, k);
+                for (int k = 0; k < NK; k++) xo[k] = xoff(XS ? 0 : it.tb, s, k);
 #pragma unroll
                 for (int j = 0; j < J; j++) moff[j] = (it.td[j] * S + s) * G;
                 int T[MT][NK][4];
-                dots<NK, MT, XPF>(cur, xb, xo, xf, T);
+                dots<NK, MT, XPF>(cur, xrow<XS>(it, xb), xo, xf, T);
                 float sgc[J];
 #pragma unroll
                 for (int j = 0; j < J; j++) sgc[j] = sg[j];
@@ -600,7 +660,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
                     s = 0;
                     it = nx;
                     i += step;
-                    if (i + step < i1) nx = item<NK, RI>(i + step, tpg, gstart, mx, mo, g, tq);
+                    if (i + step < i1) nx = item<NK, RI, XS>(i + step, tpg, gstart, mx, mo, g, tq, xb, S, xs);
                 }
             }
             cp_async_wait<0>();
@@ -633,14 +693,14 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 #ifndef MMA_MINB_GU1                // gate+up for one or two members (two tiles an item)
 #define MMA_MINB_GU1 3
 #endif
-#define MMA_ENTRY(NAME, F, NK, MT, GU, MINB)                                                                     \
+#define MMA_ENTRY(NAME, F, NK, MT, GU, MINB, XS)                                                                 \
 extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                                   \
         const u8* W, long long es, int R, int n_in, const int* gexp, const int* gstart,                          \
         const int* mx, const int* mo, const uint4* xb, const float* sig, const float* mxs, float* out,           \
         float* out2, int n_items, int per_warp, float* out3, int act, float alpha, float limit,                   \
         unsigned long long* pool, int strided) {                                                                 \
-    mma_rows<F, NK, MT, MMA_XPF, GU>(W, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, \
-                                     per_warp, out3, act, alpha, limit, pool, strided);                          \
+    mma_rows<F, NK, MT, MMA_XPF, GU, XS>(W, es, R, n_in, gexp, gstart, mx, mo, xb, sig, mxs, out, out2, n_items, \
+                                         per_warp, out3, act, alpha, limit, pool, strided);                      \
 }
 #ifndef MMA_MT_2                   // tiles per item by members served (gpu_layout.MMA_MT; tuning builds override)
 #define MMA_MT_2 1
@@ -655,16 +715,16 @@ extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                   
 #define MMA_XPF 4                  // (session 6, H100: Q6_K 8 tokens 237 → 202 µs; 1 token: no change)
 #endif
 #define MMA_MINB_OF(MT) MMA_MINB_##MT
-#define MMA_ENTRY_(NAME, F, NK, MT) MMA_ENTRY(NAME, F, NK, MT, false, MMA_MINB_OF(MT))
-MMA_ENTRY_(moe_mma2_Q4_K, MQ4_K, 1, MMA_MT_2)
-MMA_ENTRY_(moe_mma4_Q4_K, MQ4_K, 2, MMA_MT_4)
-MMA_ENTRY_(moe_mma8_Q4_K, MQ4_K, 3, MMA_MT_8)
-MMA_ENTRY_(moe_mma2_Q6_K, MQ6_K, 1, MMA_MT_2)
-MMA_ENTRY_(moe_mma4_Q6_K, MQ6_K, 2, MMA_MT_4)
-MMA_ENTRY_(moe_mma8_Q6_K, MQ6_K, 3, MMA_MT_8)
-MMA_ENTRY(moe_mma_gu2_Q4_K, MQ4_K, 1, 2, true, MMA_MINB_GU1)
-MMA_ENTRY(moe_mma_gu4_Q4_K, MQ4_K, 2, 2, true, MMA_MINB_2)
-MMA_ENTRY(moe_mma_gu8_Q4_K, MQ4_K, 3, 2, true, MMA_MINB_2)
-MMA_ENTRY(moe_mma_gu2_Q6_K, MQ6_K, 1, 2, true, MMA_MINB_GU1)
-MMA_ENTRY(moe_mma_gu4_Q6_K, MQ6_K, 2, 2, true, MMA_MINB_2)
-MMA_ENTRY(moe_mma_gu8_Q6_K, MQ6_K, 3, 2, true, MMA_MINB_2)
+#define MMA_ENTRY_(NAME, F, NK, MT, XS) MMA_ENTRY(NAME, F, NK, MT, false, MMA_MINB_OF(MT), XS)
+MMA_ENTRY_(moe_mma2_Q4_K, MQ4_K, 1, MMA_MT_2, false)
+MMA_ENTRY_(moe_mma4_Q4_K, MQ4_K, 2, MMA_MT_4, false)
+MMA_ENTRY_(moe_mma8_Q4_K, MQ4_K, 3, MMA_MT_8, true)
+MMA_ENTRY_(moe_mma2_Q6_K, MQ6_K, 1, MMA_MT_2, false)
+MMA_ENTRY_(moe_mma4_Q6_K, MQ6_K, 2, MMA_MT_4, false)
+MMA_ENTRY_(moe_mma8_Q6_K, MQ6_K, 3, MMA_MT_8, true)
+MMA_ENTRY(moe_mma_gu2_Q4_K, MQ4_K, 1, 2, true, MMA_MINB_GU1, false)
+MMA_ENTRY(moe_mma_gu4_Q4_K, MQ4_K, 2, 2, true, MMA_MINB_2, false)
+MMA_ENTRY(moe_mma_gu8_Q4_K, MQ4_K, 3, 2, true, MMA_MINB_2, false)
+MMA_ENTRY(moe_mma_gu2_Q6_K, MQ6_K, 1, 2, true, MMA_MINB_GU1, false)
+MMA_ENTRY(moe_mma_gu4_Q6_K, MQ6_K, 2, 2, true, MMA_MINB_2, false)
+MMA_ENTRY(moe_mma_gu8_Q6_K, MQ6_K, 3, 2, true, MMA_MINB_2, false)
