@@ -7,9 +7,11 @@ layer, gate+up alone, down alone, as median [min-max] µs.
 Before editing a kernel: `cp -r lib/moeparity/backends/kernels benchmarks/_old/` (git-ignored; carry it
 to the device machine), then
   python benchmarks/gpu_ab.py - 'MMA_XPF=3' 'FOO BAR=2'
-Each argument is one build: space-separated NAME or NAME=VALUE defines, '-' for none; PIN (not a
-define): each kernel at the baseline kernel's blocks per SM. REF: the build the others are bit-compared
-with (default baseline). Env: OLD (the
+Each argument is one build: space-separated NAME or NAME=VALUE defines, '-' for none, and host
+settings: PIN, each kernel at the baseline kernel's blocks per SM; gucarve=P, the gate+up kernels'
+preferred shared carveout (%). Each build also gets a define of its own (AB_BUILD), so that builds with
+the same defines are separate modules (in session 14 a carveout set on one build's functions held for
+its twin's too). Env: REF (the build the others are bit-compared with, default baseline), OLD (the
 baseline folder, default benchmarks/_old/kernels), FMTS (default Q4_K), TOKS (default "8 1")."""
 import os
 import sys
@@ -56,10 +58,19 @@ def main(specs):
     if not os.path.isdir(old):
         sys.exit(f"no baseline kernel folder at {old} (see this script's docstring)")
     bes = {"baseline": build(old, ())}
+    host = {}                                            # host-side settings of a build: NAME=VALUE, lower case
     for spec in specs:
-        bes[spec] = build(cuda.KERNEL_DIR, [d for d in spec.split() if d not in ("-", "PIN")])
-        if "PIN" in spec.split():
+        words = spec.split()
+        host[spec] = dict(w.split("=") for w in words if w.split("=")[0].islower())
+        bes[spec] = build(cuda.KERNEL_DIR, [d for d in words if d not in ("-", "PIN") and d.split("=")[0] not in host[spec]]
+                          + [f"AB_BUILD={len(bes)}"])
+        if "PIN" in words:
             pin(bes[spec], bes["baseline"])
+        if "gucarve" in host[spec]:                      # gate+up kernels' preferred shared carveout, %
+            for q in ("Q4_K", "Q6_K"):
+                for n in (2, 4, 8):
+                    bes[spec].module.get_function(f"moe_mma_gu{n}_{q}").preferred_shared_memory_carveout = \
+                        int(host[spec]["gucarve"])
     cp = bes["baseline"].cp
     print(f"copy {copy_bandwidth(cp):.0f} GB/s", flush=True)
     rng = np.random.default_rng(7)

@@ -121,7 +121,7 @@ def test_launch_args_match_the_kernel_signatures(only_ptx):
     fns = {}
     cp = SimpleNamespace(empty=np.empty, zeros=np.zeros, asarray=np.asarray, float32=np.float32,
                          uint8=np.uint8, int32=np.int32, uint64=np.uint64)
-    be = SimpleNamespace(cp=cp, sm_count=132, occupancy=lambda fn, block, smem: 2,
+    be = SimpleNamespace(cp=cp, sm_count=132, occupancy=lambda fn, block, smem: 2, smem_per_block=227 * 1024,
                          module=SimpleNamespace(get_function=lambda n: fns.setdefault(n, _Fn(n))))
     rng = np.random.default_rng(0)
     checked = set()

@@ -55,6 +55,8 @@ class CudaBackend(Backend):
         self.module = kernel_build.build(cp, KERNEL_DIR, "moe_matvec.cu", NVRTC_OPTIONS + tuple(defines))
         self.sm_count = int(props["multiProcessorCount"])
         self.regs_per_sm, self.smem_per_sm = int(props["regsPerMultiprocessor"]), int(props["sharedMemPerMultiprocessor"])
+        # a block's opt-in shared memory (on sm_80+ the SM's less the 1 KB the system keeps a block)
+        self.smem_per_block = int(props.get("sharedMemPerBlockOptin") or self.smem_per_sm - 1024)
         super().__init__()
         self.uploader = ExpertUploader(cp)
 
@@ -199,8 +201,8 @@ class Launch:
             fn = be.module.get_function(L.mma_kernel(qt, members, gu))
             smem = L.mma_smem(qt, members, gu)
             occ = be.occupancy(fn, 32 * L.MMA_WARPS, smem)
-            xs = L.mma_xs_bytes(members, gu, shared, n_in)          # (the 8-member down's staged x)
-            if xs and be.occupancy(fn, 32 * L.MMA_WARPS, smem + xs) == occ:    # (never at the cost of a block)
+            xs = L.mma_xs_bytes(members, gu, shared, n_in)   # the 8-member down's staged x, where it fits and costs no block
+            if xs and smem + xs <= be.smem_per_block and be.occupancy(fn, 32 * L.MMA_WARPS, smem + xs) == occ:
                 smem += xs
             fn.max_dynamic_shared_size_bytes = smem
             # x_fixed: an ordinary launch, so it starts once everything before it is complete and

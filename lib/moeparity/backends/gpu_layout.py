@@ -75,8 +75,9 @@ def mma_xs_bytes(members: int, gu: bool, shared_x: bool, n_in: int) -> int:
     of 8 member slots, a slot an x_fixed record a superblock and 64 bytes): the 8-member down only,
     whose groups each read their own x and whose warps' consecutive shares keep a block on one or two
     groups. The kernel stages what this holds (so cuda.py may give less: where it would cost a block
-    per SM, none). H100, same process (session 14), 8 tokens, layer µs, global x → staged: Q4_K 147.5
-    → 147.3 (the down 55.9 → 54.7), Q6_K 201.9 → 199.4 (74.8 → 72.2); one group: slower than none."""
+    per SM, none). H100, same process (session 14, five calls), 8 tokens, global x → staged: Q4_K
+    down −1.2 to −2.7 µs, layer −0.2 to −3.0; Q6_K down −1.6 to −2.6, layer −1.7 to −2.5; one group
+    staged was slower than none."""
     if gu or members < 8 or mma_strided(members, shared_x):
         return 0
     return 2 * 8 * (n_in // 256 * 1024 + 64)
