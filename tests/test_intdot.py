@@ -167,6 +167,7 @@ def test_tensor_core_entry_points_exist():
         assert f"MMA_TILES_GU({q})" in src                         # gate+up: both tensors' 16-row tiles
     assert 'void __launch_bounds__(256) x_fixed(' in src
     assert L.MMA_MEMBERS == (2, 4, 8)
+    assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
 
 
 def test_staged_x_layout_matches_the_kernel():
@@ -175,11 +176,11 @@ def test_staged_x_layout_matches_the_kernel():
     shares consecutive) asks for any, and for Qwen3-30B-A3B's down (n_in 768) two blocks of it and
     their rings still fit an H100's 228 KB an SM."""
     src = open(os.path.join(KERNEL_DIR, "moe_mma.cuh")).read()
-    assert "xs.ms = n_in / 256 * 64 + 4;" in src and "const int cap = min(2, (int)((dsz - nwb * F::NB * SLOT) / (8 * 16 * xs.ms)));" in src
+    assert "xs.ms = n_in / 256 * 64 + 4;" in src
+    assert "const int cap = min(2, (int)((dsz - nwb * F::NB * SLOT) / (8 * 16 * xs.ms)));" in src
     for n_in in (256, 768, 2048):
         assert L.mma_xs_bytes(8, False, False, n_in) == 2 * 8 * 16 * (n_in // 256 * 64 + 4)
     assert L.mma_xs_bytes(8, True, False, 768) == L.mma_xs_bytes(4, False, False, 768) == 0
     assert L.mma_xs_bytes(8, False, True, 768) == 0                 # shared x: strided shares, nothing staged
     for q in intdot.GROUP:
         assert 2 * (L.mma_smem(QTYPES[q], 8) + L.mma_xs_bytes(8, False, False, 768) + 1024) <= 228 * 1024
-    assert '#include "moe_mma.cuh"' in open(os.path.join(KERNEL_DIR, "moe_matvec.cu")).read()
