@@ -451,8 +451,8 @@ __device__ __forceinline__ const uint4* xrow(const It& m, const uint4* xb) {
 }
 template <int NK, int RI, bool XS>
 __device__ __forceinline__ Item<NK, XS> item(int i, int tpg, const int* __restrict__ gstart, const int* __restrict__ mx,
-                                         const int* __restrict__ mo, int g, int tq, const uint4* xb = nullptr,
-                                         int S = 0, const XStage& xs = XStage{}) {
+                                         const int* __restrict__ mo, int g, int tq, const uint4* xb, int S,
+                                         const XStage& xs) {
     Item<NK, XS> it;
     const int grp = i / tpg, m0 = gstart[grp];
     it.r0 = (i % tpg) * RI + g;
