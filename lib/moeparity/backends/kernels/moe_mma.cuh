@@ -444,6 +444,11 @@ template <int NK, bool XS>
 struct Item : XRow<XS> {
     int r0, nt, tb, td[Cols<NK>::J], od[Cols<NK>::J];
 };
+// The x row of member m of a group of nt members from m0 (a short group's missing members repeat its
+// last one: their columns are computed and not written)
+__device__ __forceinline__ int member_row(const int* __restrict__ mx, int m0, int nt, int m) {
+    return mx[m0 + min(m, nt - 1)];
+}
 template <bool XS, class It>
 __device__ __forceinline__ const uint4* xrow(const It& m, const uint4* xb) {
     if constexpr (XS) return m.xr;
@@ -457,7 +462,7 @@ __device__ __forceinline__ Item<NK, XS> item(int i, int tpg, const int* __restri
     const int grp = i / tpg, m0 = gstart[grp];
     it.r0 = (i % tpg) * RI + g;
     it.nt = gstart[grp + 1] - m0;
-    it.tb = mx[m0 + min(Cols<NK>::bmember(g), it.nt - 1)];      // B column's member, D's (clamped)
+    it.tb = member_row(mx, m0, it.nt, Cols<NK>::bmember(g));      // B column's member, D's (clamped)
     if constexpr (XS) {
         const unsigned j = grp - xs.glo;
         it.xr = j < (unsigned)xs.n ? xs.sm + (8 * j + Cols<NK>::bmember(g)) * xs.ms : xb + (long long)it.tb * S * 64;
@@ -576,7 +581,7 @@ __device__ void mma_rows(const u8* __restrict__ W, long long es, int R, int n_in
 #pragma unroll
                     for (int j = 0; j < 4; j++) {                // (the rows' ids first: one round of latency)
                         const int p = min(p0 + nwb * j, 8 * xs.n - 1), m0 = gstart[xs.glo + p / 8];
-                        src[j] = xb + (long long)mx[m0 + min(p % 8, gstart[xs.glo + p / 8 + 1] - m0 - 1)] * S * 64;
+                        src[j] = xb + (long long)member_row(mx, m0, gstart[xs.glo + p / 8 + 1] - m0, p % 8) * S * 64;
                     }
 #pragma unroll
                     for (int j = 0; j < 4; j++) {
